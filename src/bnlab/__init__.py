@@ -1,0 +1,33 @@
+"""bnlab: Batch Normalization (Ioffe & Szegedy, 2015) for PyTorch.
+
+The public surface:
+
+- :mod:`bnlab.reference`: the paper's Algorithms 1 and 2 in plain torch ops;
+- :func:`bnlab.functional.batch_norm`: ``torch.nn.functional.batch_norm`` with a choice of backend;
+- :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules;
+- :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back;
+- :func:`bnlab.available_backends`: which backends can run on a device for a dtype.
+"""
+
+from bnlab import functional, kernels, nn, ops, reference, tools
+from bnlab.kernels import BackendUnavailableError, available_backends
+from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.tools import convert
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "__version__",
+    "available_backends",
+    "convert",
+    "functional",
+    "kernels",
+    "nn",
+    "ops",
+    "reference",
+    "tools",
+]

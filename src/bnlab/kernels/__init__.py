@@ -1,0 +1,39 @@
+"""Batch-norm backends behind one contract (:mod:`bnlab.kernels.base`) and the registry that picks one.
+
+Registered here, in the order a newcomer should read them: ``reference`` (the paper's math) and ``native``
+(PyTorch's ATen kernels).
+"""
+
+from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.native import NativeBackend
+from bnlab.kernels.reference import ReferenceBackend
+from bnlab.kernels.registry import (
+    AUTO,
+    ENV_VAR,
+    BackendUnavailableError,
+    available_backends,
+    backend_names,
+    check_backend_name,
+    get_backend,
+    register,
+    resolve,
+)
+
+register(ReferenceBackend())
+register(NativeBackend())
+
+__all__ = [
+    "AUTO",
+    "ENV_VAR",
+    "Backend",
+    "BackendUnavailableError",
+    "TrainBackward",
+    "TrainForward",
+    "available_backends",
+    "backend_names",
+    "check_backend_name",
+    "get_backend",
+    "memory_format_of",
+    "register",
+    "resolve",
+]
