@@ -7,6 +7,7 @@ program can be switched to one backend without editing code: ``BNLAB_BACKEND=ref
 from __future__ import annotations
 
 import os
+
 import torch
 
 from bnlab.kernels.base import Backend

@@ -57,7 +57,6 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             module.__class__ = target
         if to == "torch" and target is not None:
             module.__dict__.pop("backend", None)
-        elif to == "bnlab" and type(module) in _TO_TORCH:
-            if backend is not None or target is not None:
-                module.backend = backend or "auto"
+        elif to == "bnlab" and type(module) in _TO_TORCH and (backend is not None or target is not None):
+            setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
     return root
