@@ -190,23 +190,55 @@ class _EvalFunction(torch.autograd.Function):
     backward = staticmethod(_backward_eval)  # type: ignore[assignment]
 
 
+def _setup_train_eager(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
+    _setup_train(ctx, inputs, output)
+    ctx.compiled = False
+
+
+class _TrainTransformFunction(torch.autograd.Function):
+    """The same Function in the form functorch transforms (torch.func.grad, jacrev) require.
+
+    Neither the custom op's autograd nor the faster ctx-in-forward form above is accepted by functorch.
+    """
+
+    forward = staticmethod(_train_forward)
+    setup_context = staticmethod(_setup_train_eager)
+    backward = staticmethod(_backward_train)
+
+
+class _EvalTransformFunction(torch.autograd.Function):
+    """The eval Function in the form functorch transforms require."""
+
+    forward = staticmethod(_eval_forward)
+    setup_context = staticmethod(_setup_eval)
+    backward = staticmethod(_backward_eval)
+
+
 # ---------------------------------------------------------------------------------------------- entry points
-def tracing() -> bool:
-    """True under torch.compile and functorch transforms (torch.func.grad), which need the registered ops."""
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+def compiling() -> bool:
+    """True while torch.compile traces: then only the registered custom ops may be called."""
+    return torch.compiler.is_compiling()
+
+
+def _functorch_active() -> bool:
+    return torch._C._are_functorch_transforms_active()
 
 
 def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                   backend: str) -> TrainOutputs:
-    """Training-mode batch norm through the custom op when tracing, through the eager Function otherwise."""
-    if tracing():
+    """Training-mode batch norm: the custom op under torch.compile, an autograd.Function otherwise."""
+    if compiling():
         return train_forward_op(x, weight, bias, eps, backend)
+    if _functorch_active():
+        return _TrainTransformFunction.apply(x, weight, bias, eps, backend)
     return _TrainFunction.apply(x, weight, bias, eps, backend)
 
 
 def eval_forward(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
                  bias: Tensor | None, eps: float, backend: str) -> Tensor:
-    """Inference-mode batch norm through the custom op when tracing, through the eager Function otherwise."""
-    if tracing():
+    """Inference-mode batch norm: the custom op under torch.compile, an autograd.Function otherwise."""
+    if compiling():
         return eval_forward_op(x, running_mean, running_var, weight, bias, eps, backend)
+    if _functorch_active():
+        return _EvalTransformFunction.apply(x, running_mean, running_var, weight, bias, eps, backend)
     return _EvalFunction.apply(x, running_mean, running_var, weight, bias, eps, backend)
