@@ -4,10 +4,11 @@ Two ops carry the computation: ``bnlab::train_forward`` (Algorithm 1, with its b
 and ``bnlab::eval_forward`` (Algorithm 2). Each has a fake (meta) implementation, so ``torch.compile`` with
 ``fullgraph=True`` sees through them, and one autograd definition (a ``setup_context`` and a ``backward``).
 
-That autograd definition is used twice: by the custom op, which is what ``torch.compile`` traces, and by a
-thin ``torch.autograd.Function`` that eager mode calls directly. Both run the same backend code; the second
-exists because dispatching through a Python custom op costs about 70 µs per forward+backward on CPU (measured
-against this Function at about 20 µs), which would make small layers slower than PyTorch's.
+That autograd definition serves three callers, all running the same backend code: the custom op, which is
+what ``torch.compile`` traces; a ``torch.autograd.Function`` that plain eager mode calls, because dispatching
+through a Python custom op costs about 70 µs per forward+backward on CPU (this Function about 20 µs), which
+would make small layers slower than PyTorch's; and the same Function in the ``setup_context`` form that
+functorch transforms (``torch.func.grad``) require.
 
 Double backward (``create_graph=True``) differentiates the paper's formulas (:mod:`bnlab.reference`) with
 autograd, for every backend.
@@ -104,12 +105,13 @@ def _eval_forward_fake(x: Tensor, running_mean: Tensor, running_var: Tensor, wei
 
 
 # ------------------------------------------------------------------------------------------------- autograd
-def _setup_train(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
+def _setup_train(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs, *, compiled: bool = False) -> None:
     x, weight, bias, eps, backend = inputs
     _, mean, invstd, var = output
     ctx.mark_non_differentiable(mean, invstd, var)
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.eps, ctx.backend, ctx.has_bias = eps, backend, bias is not None
+    ctx.compiled = compiled  # the backward of a compiled graph must call the op, not the Python directly
 
 
 def _backward_train(ctx: Any, grad_y: Tensor, *unused_stat_grads: Any) -> tuple[Any, ...]:
@@ -125,8 +127,7 @@ def _backward_train(ctx: Any, grad_y: Tensor, *unused_stat_grads: Any) -> tuple[
 
 
 def _setup_train_op(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
-    _setup_train(ctx, inputs, output)
-    ctx.compiled = True
+    _setup_train(ctx, inputs, output, compiled=True)
 
 
 train_forward_op.register_autograd(_backward_train, setup_context=_setup_train_op)
@@ -142,7 +143,6 @@ class _TrainFunction(torch.autograd.Function):
                 eps: float, backend: str) -> TrainOutputs:
         output = _train_forward(x, weight, bias, eps, backend)
         _setup_train(ctx, (x, weight, bias, eps, backend), output)
-        ctx.compiled = False
         return output
 
     @staticmethod
@@ -190,11 +190,6 @@ class _EvalFunction(torch.autograd.Function):
     backward = staticmethod(_backward_eval)  # type: ignore[assignment]
 
 
-def _setup_train_eager(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
-    _setup_train(ctx, inputs, output)
-    ctx.compiled = False
-
-
 class _TrainTransformFunction(torch.autograd.Function):
     """The same Function in the form functorch transforms (torch.func.grad, jacrev) require.
 
@@ -202,7 +197,7 @@ class _TrainTransformFunction(torch.autograd.Function):
     """
 
     forward = staticmethod(_train_forward)
-    setup_context = staticmethod(_setup_train_eager)
+    setup_context = staticmethod(_setup_train)
     backward = staticmethod(_backward_train)
 
 
