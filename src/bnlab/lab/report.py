@@ -56,7 +56,7 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]
     meta = read_json(run_dir / CONFIG)
     try:
         experiment = get_experiment(meta["experiment"])
-        config = config_from_dict(experiment.config_cls, meta["config"])
+        config: Any = config_from_dict(experiment.config_cls, meta["config"])
     except (KeyError, TypeError) as err:
         raise RunFilesError(f"{run_dir / CONFIG} lacks {err}; the file is damaged") from None
     except ConfigError as err:
@@ -92,7 +92,8 @@ def build_report(run_dir: Path) -> Path:
     parts = [f"<h1>{_e(result.get('title', experiment.summary))}</h1>",
              f'<p class="meta">{" · ".join(meta_line)}</p>']
     if meta.get("quick"):
-        changed = ", ".join(f"{k} = {v} (full run: {defaults.get(k)})" for k, v in meta.get("quick_settings", {}).items())
+        quick = meta.get("quick_settings", {})
+        changed = ", ".join(f"{k} = {v} (full run: {defaults.get(k)})" for k, v in quick.items())
         parts.append(f'<p class="banner"><b>Quick run</b> (<code>--quick</code>): {_e(changed)}. '
                      f"The paper's numbers need the full run.</p>")
     if not result.get("complete", True):

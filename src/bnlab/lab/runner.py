@@ -56,10 +56,20 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the seeds must differ, got {list(seeds)}")
     torch_device = engine.resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    threads_before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _run(experiment, config, out_root, seeds, torch_device, data_dir, quick, deterministic, progress,
+                    command)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call leaves the process as it found it
+
+
+def _run(experiment: Experiment, config: Any, out_root: Path, seeds: Sequence[int], torch_device: torch.device,
+         data_dir: str | None, quick: bool, deterministic: bool, progress: bool | None, command: str | None) -> Path:
     run_dir = new_run_dir(out_root, experiment.name)
     write_json(run_dir / CONFIG, {
         "experiment": experiment.name,
@@ -73,11 +83,15 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
     })
     write_json(run_dir / ENV, environment(torch_device, command))
     cache: dict[str, Any] = {}
-    with MetricsWriter(run_dir / METRICS) as log:
-        for seed in seeds:
-            engine.seed_everything(seed, deterministic)
-            experiment.train(config, RunContext(seed=seed, device=torch_device, log=log, data_dir=data_dir,
-                                                progress=progress, deterministic=deterministic, cache=cache))
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        with MetricsWriter(run_dir / METRICS) as log:
+            for seed in seeds:
+                engine.seed_everything(seed, deterministic)
+                experiment.train(config, RunContext(seed=seed, device=torch_device, log=log, data_dir=data_dir,
+                                                    progress=progress, deterministic=deterministic, cache=cache))
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
     build_report(run_dir)
     write_index(out_root)
     return run_dir

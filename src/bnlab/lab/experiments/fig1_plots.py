@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.fig1 import PERCENTILES, Fig1Config
-from bnlab.lab.experiments.fig1_claims import curves, unit_drift
+from bnlab.lab.experiments.fig1_claims import curves, drift_window, unit_drift
 from bnlab.lab.plots import COLORS, LABELS, mean_band, new_figure, save
 from bnlab.lab.registry import Figure
 
@@ -58,22 +58,23 @@ def _panels(config: Fig1Config, c: Mapping[str, Any], out_dir: Path, spread: str
     save(fig, out_dir, "fig1")
     return Figure("fig1", f"Figure 1 on {config.dataset}: (a) test accuracy of the network without BN (dashed) and "
                           f"with BN (solid); (b, c) the 15th, 50th and 85th percentiles over the test set of the input "
-                          f"of sigmoid {u} in the last hidden layer, on one shared scale.{spread}")
+                          f"of sigmoid {u} in the last hidden layer, on one shared scale. At step 0 the BN network's "
+                          f"running statistics are still their initial values (mean 0, variance 1), so in eval mode "
+                          f"it computes exactly the baseline's function.{spread}")
 
 
 def _drift(config: Fig1Config, c: Mapping[str, Any], out_dir: Path) -> Figure:
     fig, (ax_t, ax_u) = new_figure(2, width=4.8)
     final: dict[str, np.ndarray] = {}
     for model in ("baseline", "bn"):
-        curve = c[model]
-        pct = curve.percentiles  # (S, 3, T, H)
+        steps, pct = drift_window(c[model])  # (T,), (S, 3, T, H)
         so_far = np.fmax.accumulate(pct, axis=2) - np.fmin.accumulate(pct, axis=2)
         per_unit = so_far.mean(axis=1).mean(axis=0)  # (T, H): mean over percentiles, then seeds
         q25, q50, q75 = np.nanpercentile(per_unit, [25, 50, 75], axis=1)
-        ax_t.plot(curve.steps, q50, color=COLORS[model], linestyle=_STYLE[model], label=LABELS[model])
-        ax_t.fill_between(curve.steps, q25, q75, color=COLORS[model], alpha=0.2, linewidth=0)
+        ax_t.plot(steps, q50, color=COLORS[model], linestyle=_STYLE[model], label=LABELS[model])
+        ax_t.fill_between(steps, q25, q75, color=COLORS[model], alpha=0.2, linewidth=0)
         final[model] = unit_drift(pct).mean(axis=0)
-    ax_t.set(title="drift so far, all units (median, IQR)", xlabel="training steps",
+    ax_t.set(title="drift so far, all units (median, IQR)", xlabel="training steps", xlim=(0, None),
              ylabel="range swept by the percentiles")
     ax_t.legend(loc="upper left")
     ax_t.grid(alpha=0.3)
@@ -86,7 +87,8 @@ def _drift(config: Fig1Config, c: Mapping[str, Any], out_dir: Path) -> Figure:
     ax_u.legend(loc="upper left")
     ax_u.grid(alpha=0.3)
     save(fig, out_dir, "fig1_drift")
-    return Figure("fig1_drift", "The drift of the sigmoid inputs over all units of the last hidden layer. Left: "
+    return Figure("fig1_drift", "The drift of the sigmoid inputs over all units of the last hidden layer, from the "
+                                "first evaluation after step 0 on. Left: "
                                 "the range swept so far by the 15th, 50th and 85th percentiles (mean of the three), "
                                 "median over units with the interquartile range shaded. Right: each unit's drift "
                                 "over the whole run; points below the dotted line drift less with BN.")
