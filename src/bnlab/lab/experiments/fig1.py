@@ -39,9 +39,9 @@ class Fig1Config:
     steps: int = 50_000  # SGD steps per network
     batch_size: int = 60
     hidden: int = 100  # units per hidden layer (3 hidden layers)
-    lr: float = 0.5  # plain SGD, fixed
-    init_std: float = 0.1  # weights ~ N(0, init_std²); biases 0
-    pixels: str = "unit"  # unit: [0, 1]; centered: [-1, 1]; standardized: (x - mean) / std of the training set
+    lr: float = 1.0  # plain SGD, fixed (calibrated)
+    init_std: float = 0.1  # weights ~ N(0, init_std²); biases 0 (calibrated)
+    pixels: str = "standardized"  # unit: [0, 1]; centered: [-1, 1]; standardized: (x − mean) / std (calibrated)
     eval_every: int = 500  # evaluation interval in steps (1,000 and 2,000 are always evaluated)
     unit: int = 0  # the unit of the last hidden layer shown in panels (b) and (c)
     bn_momentum: float = 0.1  # running-statistics momentum of the BN layers (PyTorch convention)
