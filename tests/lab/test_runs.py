@@ -121,3 +121,16 @@ def test_run_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one seed"):
         run_experiment(experiment, config, out_root=tmp_path, seeds=())
     assert not (tmp_path / "fig1").exists()  # nothing is written for a refused run
+
+
+def test_same_seed_same_measurements(tmp_path: Path) -> None:
+    experiment = get_experiment("fig1")
+    config = make_config(experiment, smoke=True)
+
+    def evals(run_dir: Path) -> list[dict[str, object]]:
+        return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+
+    a, b = (run_experiment(experiment, config, out_root=tmp_path / name, seeds=(5,), device="cpu",
+                           deterministic=True, progress=False) for name in ("a", "b"))
+    assert evals(a) == evals(b)
+    assert json.loads((a / "config.json").read_text())["deterministic"] is True

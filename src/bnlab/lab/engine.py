@@ -10,6 +10,7 @@ The engine's cost over a bare loop is measured by ``python -m benchmarks.engine_
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,9 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed torch's generators (CPU and every GPU) and switch deterministic algorithms on or off."""
+    if deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; it must be set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
