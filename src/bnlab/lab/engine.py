@@ -9,6 +9,7 @@ The engine's cost over a bare loop is measured by ``python -m benchmarks.engine_
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -115,7 +116,7 @@ def train(model: torch.nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.O
     try:
         model.train()
         for stop in stops:
-            for xb, yb in _take(stream, stop - done):
+            for xb, yb in itertools.islice(stream, stop - done):
                 loss = loss_fn(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -143,11 +144,6 @@ def train(model: torch.nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.O
         if bar is not None:
             bar.close()
     return TrainResult(steps, False, time.perf_counter() - start)
-
-
-def _take(stream: Iterator[tuple[Tensor, Tensor]], count: int) -> Iterator[tuple[Tensor, Tensor]]:
-    for _ in range(count):
-        yield next(stream)
 
 
 def _progress_bar(total: int, desc: str, progress: bool | None) -> Any:

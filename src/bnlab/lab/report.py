@@ -162,7 +162,8 @@ def write_index(root: Path) -> Path:
                  _e(", ".join(map(str, meta.get("seeds", [])))), _e(status)]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in ("experiment", "run", "kind", "data set", "steps", "seeds", "verdicts"))
-    body = (f"<h1>bnlab runs</h1><p class=\"meta\">{len(rows)} runs in {_e(root.resolve())}, newest first; "
+    runs = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
+    body = (f"<h1>bnlab runs</h1><p class=\"meta\">{runs} in {_e(root.resolve())}, newest first; "
             f"updated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     root.mkdir(parents=True, exist_ok=True)
