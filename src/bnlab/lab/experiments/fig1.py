@@ -145,12 +145,16 @@ def train_one(config: Fig1Config, ctx: RunContext, name: str, model: torch.nn.Mo
     x_train, y_train, x_test, y_test, _ = data
     model.to(ctx.device)
     last_sigmoid = [m for m in model.modules() if isinstance(m, torch.nn.Sigmoid)][-1]
-    captured: dict[str, Tensor] = {}
-    handle = last_sigmoid.register_forward_hook(lambda mod, inp, out: captured.__setitem__("x", inp[0]))
     q = torch.tensor([p / 100 for p in PERCENTILES], device=ctx.device)
 
     def evaluate(model: torch.nn.Module) -> dict[str, Any]:
-        logits = model(x_test)
+        captured: dict[str, Tensor] = {}
+        # Hooked only while evaluating: a hook left on would cost a Python call on every training step.
+        handle = last_sigmoid.register_forward_hook(lambda mod, inp, out: captured.__setitem__("x", inp[0]))
+        try:
+            logits = model(x_test)
+        finally:
+            handle.remove()
         accuracy = (logits.argmax(1) == y_test).float().mean()
         quantiles = torch.quantile(captured["x"].float(), q, dim=0)  # (3, hidden): per unit, over the test set
         out: dict[str, Any] = {"test_accuracy": round(accuracy.item(), 6)}
@@ -162,12 +166,9 @@ def train_one(config: Fig1Config, ctx: RunContext, name: str, model: torch.nn.Mo
         ctx.log({"kind": "eval", "seed": ctx.seed, "model": name, **record})
 
     optimizer = engine.make_optimizer(model.parameters(), "sgd", config.lr)
-    try:
-        result = engine.train(model, x_train, y_train, optimizer, steps=config.steps, batch_size=config.batch_size,
-                              seed=ctx.seed, eval_steps=eval_steps(config), evaluate=evaluate, on_eval=log,
-                              progress=ctx.progress, desc=f"fig1 seed {ctx.seed} {name}")
-    finally:
-        handle.remove()
+    result = engine.train(model, x_train, y_train, optimizer, steps=config.steps, batch_size=config.batch_size,
+                          seed=ctx.seed, eval_steps=eval_steps(config), evaluate=evaluate, on_eval=log,
+                          progress=ctx.progress, desc=f"fig1 seed {ctx.seed} {name}")
     ctx.log({"kind": "end", "seed": ctx.seed, "model": name, "steps": result.steps, "diverged": result.diverged,
              "seconds": round(result.seconds, 2)})
 
