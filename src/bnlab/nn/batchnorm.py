@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from bnlab import _stats
-from bnlab._checks import check_input_rank
-from bnlab.functional import _batch_norm
+from bnlab._checks import check_batch_norm_args, check_input_rank
+from bnlab.functional import _dispatch
 from bnlab.kernels import check_backend_name
 from bnlab.reference.algorithm1 import accumulation_dtype, reduction_dims, values_per_channel
 
@@ -24,8 +24,10 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 def _module_forward(module: Any, input: Tensor) -> Tensor:
     """torch's ``_BatchNorm.forward``, step for step, with the counter and factor from :mod:`bnlab._stats`.
 
-    The switches ``normalize_with`` and ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default)
-    override what the mode decides; see :class:`_BackendMixin`.
+    One difference: the arguments are checked before the batch counter moves, so a call that raises leaves
+    the module exactly as it was (torch counts the batch first). The switches ``normalize_with`` and
+    ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default) override what the mode decides; see
+    :class:`_BackendMixin`.
     """
     check_input_rank(input, module._bnlab_ranks, type(module).__name__)
     # Batch statistics in training, and in eval when there are no running statistics to use.
@@ -33,18 +35,17 @@ def _module_forward(module: Any, input: Tensor) -> Tensor:
     update = module.training and module.track_running_stats
     if module.normalize_with is not None or module.update_stats is not None:
         use_batch_stats, update = _switched(module, use_batch_stats, update)
+    keep_buffers = not use_batch_stats or update
+    running_mean = module.running_mean if keep_buffers else None
+    running_var = module.running_var if keep_buffers else None
+    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats or update)
     factor: float | Tensor = 0.0 if module.momentum is None else module.momentum
     if update and module.num_batches_tracked is not None:
         factor = _stats.advance(module.num_batches_tracked, module.momentum)
     if update and not use_batch_stats:
         return _normalize_with_running_then_update(module, input, factor)
-    keep_buffers = not use_batch_stats or update
-    return _batch_norm(
-        input,
-        module.running_mean if keep_buffers else None,
-        module.running_var if keep_buffers else None,
-        module.weight, module.bias, use_batch_stats, factor, module.eps, module.backend,
-    )
+    return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats, factor,
+                     module.eps, module.backend)
 
 
 def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, bool]:
@@ -64,8 +65,8 @@ def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, b
 def _normalize_with_running_then_update(module: Any, input: Tensor, factor: float | Tensor) -> Tensor:
     # The one combination torch's batch_norm has no flag for. The statistics normalize as they were before this
     # batch (copies, because autograd keeps them for the backward pass), then take this batch's update.
-    y = _batch_norm(input, module.running_mean.clone(), module.running_var.clone(), module.weight, module.bias,
-                    False, factor, module.eps, module.backend)
+    y = _dispatch(input, module.running_mean.clone(), module.running_var.clone(), module.weight, module.bias,
+                  False, factor, module.eps, module.backend)
     with torch.no_grad():
         acc = input.detach().to(accumulation_dtype(input.dtype))
         var, mean = torch.var_mean(acc, dim=reduction_dims(input), correction=0)  # μ_B and the biased σ²_B
