@@ -91,7 +91,8 @@ def fold_with_report(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ..
         raise TypeError(f"fold expects a torch.nn.Module, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    training = [name or "the model" for name, m in [("", model), *batch_norm_layers(model)] if m.training]
+    training = [f"layer {name!r}" if name else "the model"
+                for name, m in [("", model), *batch_norm_layers(model)] if m.training]
     if training:
         raise ValueError(
             f"fold needs a model in eval mode, but {training[0]} is in training mode: folding bakes the running "
