@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_an_error_midway_restores_everything() -> None:
     model = _network().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def batches():  # noqa: ANN202
+    def batches() -> Iterator[torch.Tensor]:
         yield DATA[:8].float()
         raise RuntimeError("the data loader broke")
 

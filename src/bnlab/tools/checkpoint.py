@@ -20,6 +20,7 @@ import pickle
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +47,39 @@ def build_model(spec: str) -> nn.Module:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CheckpointError(f"--model must look like module:factory (e.g. mypkg.models:resnet18), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does, so a models.py next to the user works
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # any error while importing user code is the user's to fix
-        raise CheckpointError(f"cannot import {module_name!r} for --model {spec}: {type(err).__name__}: "
-                              f"{_one_line(str(err))}") from err
-    factory: Any = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise CheckpointError(f"module {module_name!r} has no attribute {attr!r} (from --model {spec})")
-    if not callable(factory):
-        raise CheckpointError(f"{spec} is not callable: --model names a function or class that builds the model")
-    try:
-        model = factory()
-    except Exception as err:
-        raise CheckpointError(f"{spec}() failed: {type(err).__name__}: {_one_line(str(err))}") from err
+    with _importable(os.getcwd()):  # as with `python -m`, so that a models.py next to the user works
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # any error while importing user code is the user's to fix
+            raise CheckpointError(f"cannot import {module_name!r} for --model {spec}: {type(err).__name__}: "
+                                  f"{_one_line(str(err))}") from err
+        factory: Any = module
+        for part in attr.split("."):
+            factory = getattr(factory, part, None)
+            if factory is None:
+                raise CheckpointError(f"module {module_name!r} has no attribute {attr!r} (from --model {spec})")
+        if not callable(factory):
+            raise CheckpointError(f"{spec} is not callable: --model names a function or class that builds the "
+                                  f"model")
+        try:
+            model = factory()
+        except Exception as err:
+            raise CheckpointError(f"{spec}() failed: {type(err).__name__}: {_one_line(str(err))}") from err
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+@contextlib.contextmanager
+def _importable(directory: str) -> Iterator[None]:
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        if added and directory in sys.path:
+            sys.path.remove(directory)
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
@@ -82,12 +95,18 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are noise here
             loaded = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        blocked = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
-        reason = blocked[0] if blocked else "it holds objects other than tensors"
-        raise CheckpointError(
-            f"refusing to load {str(file)!r}: it is not a plain state_dict ({_one_line(reason)}); loading it "
-            f"could run code. Save weights with torch.save(model.state_dict(), path) or as .safetensors"
-        ) from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's weights-only unpickler names the import it blocked ("Unsupported global: GLOBAL posix.system").
+        blocked = [line for line in lines if "global" in line.lower()]
+        if blocked:
+            raise CheckpointError(
+                f"refusing to load {str(file)!r}: it is not a plain state_dict ({_one_line(blocked[0])}); loading "
+                f"it could run code. Save weights with torch.save(model.state_dict(), path) or as .safetensors"
+            ) from None
+        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
+        reason = after[0] if after else (lines[-1] if lines else "unreadable")
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {_one_line(reason)[:200]}"
+                              ) from None
     except Exception as err:
         raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {type(err).__name__}: "
                               f"{_one_line(str(err))[:200]}") from None
