@@ -129,6 +129,11 @@ def test_residual_model_folds_what_it_safely_can() -> None:
     assert result.method == "fx"
     assert sorted(bn for bn, _ in result.folded) == ["bn1", "bn2"]
     assert {bn for bn, _ in result.skipped} == {"bn3", "bn_shared"}
+    # The model keeps its class and forward: folded layers swapped in, folded batch norms become Identity.
+    assert type(result.model) is _Residual and isinstance(result.model.bn2, nn.Identity)
+    assert set(result.model.state_dict()) == set(model.state_dict()) - {
+        f"bn{i}.{k}" for i in (1, 2) for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    } | {"conv1.bias", "conv2.bias"}
     x = torch.randn(2, 4, 6, 6)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
@@ -140,9 +145,26 @@ def test_a_graph_traced_elsewhere_with_bnlab_layers_folds() -> None:
     traced = torch.fx.symbolic_trace(model).eval()
     assert any(n.op == "call_function" for n in traced.graph.nodes)
     result = fold_with_report(traced)
-    assert len(result.folded) == 2
+    assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     x = torch.randn(4, 5)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _ReusedNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.bn = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.a(x)) + self.bn(self.b(x))
+
+
+def test_a_batch_norm_called_twice_is_left_in_place() -> None:
+    model = _randomize(_ReusedNorm())
+    result = fold_with_report(model)
+    assert result.folded == [] and result.skipped == [("bn", "the module is called more than once in a forward")]
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(result.model(x), model(x))
 
 
 def test_batch_norm_that_cannot_fold_is_left_in_place() -> None:

@@ -77,9 +77,11 @@ def fold(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ...] | None = 
         method: ``"auto"`` (torch.fx, falling back to ``"sequential"`` with a :class:`FoldFallbackWarning`
             naming the part torch.fx could not trace), ``"fx"`` (raise instead) or ``"sequential"``.
 
-    Returns a ``torch.fx.GraphModule`` (method fx) or a copy of the model with folded layers and
-    ``nn.Identity`` in place of the batch norms (method sequential), in eval mode. Its outputs equal the
-    original's up to float rounding (the folded weights are computed in float64).
+    Returns a copy of the model, in eval mode, with each folded layer replaced by its folded copy and each folded
+    batch norm by ``nn.Identity``: same class, same forward, same state_dict keys but the batch norms' (a layer
+    that had no bias gains one). A GraphModule given (or held inside the model with bnlab layers in it) comes
+    back as a GraphModule with the batch norms taken out of its graph. Outputs equal the original's up to float
+    rounding: the folded weights are computed in float64 and rounded once.
     """
     return fold_with_report(model, example_inputs=example_inputs, method=method).model
 
@@ -112,7 +114,7 @@ def fold_with_report(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ..
         warnings.warn(f"{err}; folded only conv/BN neighbours inside nn.Sequential containers",
                       FoldFallbackWarning, stacklevel=2)
         return _fold_sequential(root, ranks)
-    return _fold_graph(graph_module, ranks)
+    return _fold_graph(graph_module, ranks, root)
 
 
 # ----------------------------------------------------------------------------------------------- the weights
@@ -310,12 +312,25 @@ def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def _fold_graph(gm: torch.fx.GraphModule, ranks: dict[int, set[int]]) -> Folding:
+def _fold_graph(gm: torch.fx.GraphModule, ranks: dict[int, set[int]], root: nn.Module) -> Folding:
+    """Find the foldable pairs on the traced graph and fold them.
+
+    Usually the pairs are then swapped in ``root`` itself (the folded layer in place of the layer, ``nn.Identity``
+    in place of the batch norm), so the result keeps the model's class, its forward and its state_dict keys. A
+    model that is already a GraphModule, or that holds bnlab layers inside a GraphModule (where they are called
+    as functions and cannot be swapped for Identity), gets the graph rewritten and a GraphModule back.
+    """
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
+    function_form = False
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+        found = _bn_call(node, modules)
+        if found is not None and node.op == "call_function":
+            calls[found[1]] = calls.get(found[1], 0) + 1
+            function_form = True
+    rewrite = isinstance(root, torch.fx.GraphModule) or function_form
 
     def single_call(node: Any) -> nn.Module | None:
         ok = isinstance(node, torch.fx.Node) and node.op == "call_module" and calls.get(str(node.target)) == 1
@@ -329,29 +344,36 @@ def _fold_graph(gm: torch.fx.GraphModule, ranks: dict[int, set[int]]) -> Folding
             continue
         bn, bn_name, source = found
         reason = _foldable_bn(bn)
+        if reason is None and not rewrite and calls.get(bn_name, 0) > 1:
+            reason = "the module is called more than once in a forward"
         if reason is not None:
             skipped.append((bn_name, reason))
             continue
         layer = single_call(source)
         new = _folded_after(layer, bn, ranks) if layer is not None and len(source.users) == 1 else None
-        if new is not None:
-            _set_submodule(gm, str(source.target), new)
-            node.replace_all_uses_with(source)
-            folded.append((bn_name, str(source.target)))
-        else:
+        target = str(source.target)
+        if new is None:
             user = next(iter(node.users)) if len(node.users) == 1 else None
             layer = single_call(user)
             new = None if user is None or layer is None else _folded_before(bn, layer, ranks)
             if user is None or new is None:
                 skipped.append((bn_name, "no conv or linear layer next to it that it can fold into"))
                 continue
-            _set_submodule(gm, str(user.target), new)
-            user.args = (source,)
-            folded.append((bn_name, str(user.target)))
+            target = str(user.target)
+        folded.append((bn_name, target))
+        if not rewrite:
+            _set_submodule(root, target, new)
+            _set_submodule(root, bn_name, nn.Identity())
+            continue
+        _set_submodule(gm, target, new)
+        node.replace_all_uses_with(node.args[1] if node.op == "call_function" else node.args[0])
         owner = node.args[0] if node.op == "call_function" else None
         gm.graph.erase_node(node)
         if isinstance(owner, torch.fx.Node) and not owner.users:
             gm.graph.erase_node(owner)
+    skipped = list(dict.fromkeys(skipped))  # a layer called at several places is reported once
+    if not rewrite:
+        return Folding(root.eval(), folded, skipped, "fx")
     gm.delete_all_unused_submodules()
     gm.recompile()
     return Folding(gm.eval(), folded, skipped, "fx")
