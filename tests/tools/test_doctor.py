@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import bnlab
 from bnlab.tools import doctor, recalibrate
 from bnlab.tools.diagnosis import CODES, Report
 
@@ -189,3 +190,12 @@ def test_forward_callable_and_bad_input() -> None:
         doctor(model, [])
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         doctor("model", _vectors())  # type: ignore[arg-type]
+
+
+def test_frozen_layers_are_judged_on_what_they_do() -> None:
+    """Frozen layers use no batch statistics: mode, momentum and batch size do not matter; their statistics do."""
+    calibrated = _calibrated(nn.Sequential(nn.BatchNorm1d(5, momentum=0.99)), _vectors(64, 4))
+    frozen = bnlab.convert(calibrated, to="frozen").train()
+    assert doctor(frozen, _vectors(64, 4)).findings == ()
+    shifted = [b + 10 for b in _vectors(64, 4)]
+    assert [f.code for f in doctor(frozen, shifted).findings] == ["stats_mismatch"]

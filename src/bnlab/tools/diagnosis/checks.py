@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnlab.tools._layers import NormLayer, norm_layers
+from bnlab.tools._layers import NormLayer, batch_norm_layers
 from bnlab.tools.diagnosis.observe import LayerObservation
 from bnlab.tools.diagnosis.report import Evidence, Finding
 
@@ -44,9 +44,13 @@ def _running(module: NormLayer) -> tuple[Tensor, Tensor] | None:
 
 
 def training_mode(model: nn.Module) -> list[Finding]:
-    """The model, or a batch-norm layer in it, is in training mode: inference would use batch statistics."""
-    training = [name for name, m in norm_layers(model) if m.training]
-    if not model.training and not training:
+    """The model, or a batch-norm layer in it, is in training mode: inference would use batch statistics.
+
+    FrozenBatchNorm layers compute the same in both modes, so they do not count.
+    """
+    layers = batch_norm_layers(model)
+    training = [name for name, m in layers if m.training]
+    if not training and not (model.training and layers):
         return []
     return [Finding(
         "training_mode", "error", "",
@@ -122,7 +126,8 @@ def statistics_mismatch(obs: LayerObservation) -> list[Finding]:
         return []
     severity = "error" if level >= MISMATCH_ERROR else "warning"
     evidence: Evidence = {
-        "output_error_mean": level, "output_error_max": float(error.max()),
+        "output_error_mean": level, "output_error_median": float(error.median()),
+        "output_error_max": float(error.max()),
         "mean_shift_median": float(shift.abs().median()), "std_ratio_median": float(scale.median()),
         "std_ratio_min": float(scale.min()), "std_ratio_max": float(scale.max()),
         "values_per_channel": obs.inputs.values,
@@ -130,8 +135,8 @@ def statistics_mismatch(obs: LayerObservation) -> list[Finding]:
     return [Finding(
         "stats_mismatch", severity, obs.name,
         f"the running statistics do not describe this data: in eval mode the layer's output is off by "
-        f"{level:.2f} standard deviations (RMS, mean over {error.numel()} channels), which is the gap between a "
-        f"model that does well in training and badly in eval",
+        f"{level:.2f} standard deviations (RMS error, mean over {error.numel()} channels; median "
+        f"{float(error.median()):.2f}), the gap that makes a model do well in training and badly in eval",
         evidence,
         "recompute the running statistics for the current weights with bnlab.tools.recalibrate (bnlab "
         "recalibrate) on training data; if this data differs from the training data (preprocessing, domain), "

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnlab.nn.frozen import FrozenBatchNormBase
 from bnlab.tools._batches import Forward, default_forward, labels_of, take
 from bnlab.tools._layers import norm_layers
 from bnlab.tools.diagnosis import checks
@@ -53,10 +54,12 @@ def doctor(model: nn.Module, batches: Iterable[Any], *, labels: Tensor | Sequenc
         obs = observations[name]
         findings += checks.statistics_health(obs)
         findings += checks.statistics_mismatch(obs)
-        findings += checks.few_values(obs)
-        findings += checks.keras_momentum(name, module)
+        if not isinstance(module, FrozenBatchNormBase):
+            # Frozen layers use no batch statistics and update nothing: batch size, momentum and reuse are moot.
+            findings += checks.few_values(obs)
+            findings += checks.keras_momentum(name, module)
+            findings += checks.reused(obs)
         findings += checks.after_dropout(obs, dropout_ratios.get(name))
-        findings += checks.reused(obs)
         findings += checks.bias_before(obs)
     notes: list[str] = []
     unreached = [name or "(model)" for name, _ in layers if observations[name].inputs.batches == 0]
