@@ -206,3 +206,51 @@ def test_console_script_in_a_fresh_process(workdir: Path) -> None:
                              "evil.pt", "--data", "data.npz"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and not marker.exists()
     assert result.stderr.count("\n") == 1 and "refusing to load" in result.stderr
+
+
+def _fake_data_module(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """bnlab.data's interface (COMMON.md: load_dataset(name, *, data_dir, seed) -> Dataset), with a fake behind it.
+
+    The CLI's named-data path is one call to load_dataset; this checks the CLI's side of that contract (which
+    split, which errors) whether or not the real module is installed.
+    """
+    calls: list[tuple[str, object]] = []
+
+    class Dataset:
+        def __init__(self) -> None:
+            gen = torch.Generator().manual_seed(2)
+            self.name, self.num_classes = "synthetic", 3
+            self.x_train, self.x_test = torch.rand(40, 1, 6, 6, generator=gen), torch.rand(20, 1, 6, 6, generator=gen)
+            self.y_train, self.y_test = torch.randint(0, 3, (40,), generator=gen), torch.randint(0, 3, (20,),
+                                                                                                 generator=gen)
+
+    def load_dataset(name: str, *, data_dir: object = None, seed: int = 0) -> Dataset:
+        calls.append((name, data_dir))
+        if name == "fashion-mnist":
+            raise FileNotFoundError("Fashion-MNIST not found in /usr/share/datasets/fashion-mnist;\ninstall it with "
+                                    "`apt-get install dataset-fashion-mnist` or pass --data-dir")
+        if name != "synthetic":
+            raise ValueError(f"unknown dataset {name!r}; choose one of mnist-5k, fashion-mnist, digits, synthetic")
+        return Dataset()
+
+    import types
+
+    module = types.ModuleType("bnlab.data")
+    module.load_dataset = load_dataset  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bnlab.data", module)
+    return calls
+
+
+def test_named_datasets_through_bnlab_data(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_data_module(monkeypatch)
+    assert main(["recalibrate", "--model", _spec(workdir), "--data", "synthetic", "--data-dir", "/data",
+                 "--out", "recal.pt"]) == 0
+    assert "from 1 batch(es), 40 sample(s)" in capsys.readouterr().out  # recalibrate reads the training split
+    assert main(["doctor", "--model", _spec(workdir), "--data", "synthetic", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 20  # the doctor reads the test split
+    assert calls == [("synthetic", "/data"), ("synthetic", None)]
+    for name, message in (("fashion-mnist", "apt-get install dataset-fashion-mnist"), ("nope", "choose one of")):
+        assert main(["doctor", "--model", _spec(workdir), "--data", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
