@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order their commands are listed by --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "bnlab.tools.cli",  # fold, recalibrate, doctor
+)
 
 
 class CLIError(Exception):
