@@ -46,7 +46,8 @@ def _input(case: dict) -> torch.Tensor:
     return x
 
 
-@settings(max_examples=60, deadline=None)
+# derandomize: the same examples on every run, so CI never fails on a case no one has seen.
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(case=batch_norm_cases())
 def test_module_equals_torch(case: dict) -> None:
     name = case["backend"].removesuffix(CONTRACT_SUFFIX)

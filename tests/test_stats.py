@@ -62,3 +62,13 @@ def test_update_is_not_recorded_by_autograd() -> None:
     mean = torch.ones(2, requires_grad=True)
     _stats.update_running_stats(rm, None, mean * 2, torch.ones(2), 3, 0.5)
     assert not rm.requires_grad and rm.grad_fn is None
+
+
+def test_cumulative_factor_keeps_float64_precision() -> None:
+    counter = torch.tensor(0)
+    rm = torch.zeros(1, dtype=torch.float64)
+    values = [1.0, 2.0, 4.0]
+    for value in values:
+        factor = _stats.advance(counter, None)
+        _stats.update_running_stats(rm, None, torch.tensor([value], dtype=torch.float64), torch.zeros(1), 2, factor)
+    assert abs(rm.item() - 7.0 / 3.0) < 1e-15  # a float32 factor 1/3 would be off by about 1e-8

@@ -29,7 +29,8 @@ def advance(num_batches_tracked: Tensor, momentum: float | None) -> float | Tens
     """
     num_batches_tracked.add_(1)
     if momentum is None:
-        return 1.0 / num_batches_tracked
+        # float64, like the Python float torch computes: 1/3 in float32 would be off in the 8th digit.
+        return 1.0 / num_batches_tracked.to(torch.float64)
     return momentum
 
 
@@ -59,6 +60,7 @@ def _ema_(running: Tensor, batch: Tensor, factor: float | Tensor, scale: float) 
     if batch.dtype != running.dtype:
         batch = batch.to(running.dtype)
     if isinstance(factor, Tensor):
+        factor = factor.to(running.dtype)
         running.mul_(1 - factor).add_(batch * (factor * scale))
     else:
         running.mul_(1 - factor).add_(batch, alpha=factor * scale)

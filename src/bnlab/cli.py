@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order their commands are listed by --help.
-COMMAND_MODULES: tuple[str, ...] = ("bnlab.lab.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "bnlab.lab.cli",  # list, run, report
+    "bnlab.tools.cli",  # fold, recalibrate, doctor
+)
 
 
 class CLIError(Exception):
@@ -50,7 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``bnlab doctor | head``): not an error of ours; silence the final flush too.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m bnlab.cli``: call the imported module's main, so that CLIError raised by the
+    # subcommand modules (which import bnlab.cli) is the class this main catches.
+    from bnlab.cli import main as _main
+
+    sys.exit(_main())

@@ -16,6 +16,7 @@ from bnlab import _stats
 from bnlab._checks import check_batch_norm_args, check_input_rank
 from bnlab.functional import _dispatch
 from bnlab.kernels import check_backend_name
+from bnlab.reference.algorithm1 import accumulation_dtype, reduction_dims, values_per_channel
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -24,20 +25,54 @@ def _module_forward(module: Any, input: Tensor) -> Tensor:
     """torch's ``_BatchNorm.forward``, step for step, with the counter and factor from :mod:`bnlab._stats`.
 
     One difference: the arguments are checked before the batch counter moves, so a call that raises leaves
-    the module exactly as it was (torch counts the batch first).
+    the module exactly as it was (torch counts the batch first). The switches ``normalize_with`` and
+    ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default) override what the mode decides; see
+    :class:`_BackendMixin`.
     """
     check_input_rank(input, module._bnlab_ranks, type(module).__name__)
     # Batch statistics in training, and in eval when there are no running statistics to use.
     use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
-    keep_buffers = not module.training or module.track_running_stats
+    update = module.training and module.track_running_stats
+    if module.normalize_with is not None or module.update_stats is not None:
+        use_batch_stats, update = _switched(module, use_batch_stats, update)
+    keep_buffers = not use_batch_stats or update
     running_mean = module.running_mean if keep_buffers else None
     running_var = module.running_var if keep_buffers else None
-    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats)
+    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats or update)
     factor: float | Tensor = 0.0 if module.momentum is None else module.momentum
-    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+    if update and module.num_batches_tracked is not None:
         factor = _stats.advance(module.num_batches_tracked, module.momentum)
+    if update and not use_batch_stats:
+        return _normalize_with_running_then_update(module, input, factor)
     return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats, factor,
                      module.eps, module.backend)
+
+
+def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, bool]:
+    has_stats = module.running_mean is not None and module.running_var is not None
+    if module.normalize_with is not None:
+        use_batch_stats = module.normalize_with == "batch"
+        if not use_batch_stats and not has_stats:
+            raise RuntimeError(
+                f"{type(module).__name__} is set to normalize with running statistics but has none "
+                f"(track_running_stats=False); set normalize_with='batch' or build it with track_running_stats=True"
+            )
+    if module.update_stats is not None:
+        update = bool(module.update_stats) and has_stats
+    return use_batch_stats, update
+
+
+def _normalize_with_running_then_update(module: Any, input: Tensor, factor: float | Tensor) -> Tensor:
+    # The one combination torch's batch_norm has no flag for. The statistics normalize as they were before this
+    # batch (copies, because autograd keeps them for the backward pass), then take this batch's update.
+    y = _dispatch(input, module.running_mean.clone(), module.running_var.clone(), module.weight, module.bias,
+                  False, factor, module.eps, module.backend)
+    with torch.no_grad():
+        acc = input.detach().to(accumulation_dtype(input.dtype))
+        var, mean = torch.var_mean(acc, dim=reduction_dims(input), correction=0)  # μ_B and the biased σ²_B
+        _stats.update_running_stats(module.running_mean, module.running_var, mean, var,
+                                    values_per_channel(input), factor)
+    return y
 
 
 # A leaf for torch.fx: a traced graph calls this with the module itself, so .train()/.eval() on the traced
@@ -50,6 +85,12 @@ class _BackendMixin:
 
     _bnlab_ranks: tuple[int, ...] = ()
     backend: str
+    #: Where the statistics that normalize come from, whatever the mode: "batch", "running", or None (the default:
+    #: batch statistics in training, running statistics in eval, as in torch). Set by bnlab.tools.freeze.
+    normalize_with: str | None = None
+    #: Whether a forward updates the running statistics, whatever the mode: True, False, or None (the default:
+    #: in training, when track_running_stats). Set by bnlab.tools.freeze.
+    update_stats: bool | None = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, bias: bool = True,

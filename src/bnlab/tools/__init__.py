@@ -1,5 +1,30 @@
-"""Model-level tools over batch-norm modules: pure functions that return a new model or a report."""
+"""Model-level tools over batch-norm modules: pure functions that return a new model or a report.
+
+- :func:`fold`: fold batch norm into the neighbouring conv/linear weights for inference;
+- :func:`recalibrate`: recompute running statistics from data (Algorithm 2), in place;
+- :func:`freeze`: per-layer switches (batch or running statistics, update or not, train γ/β or not);
+- :func:`convert`: torch's layers ↔ bnlab's ↔ FrozenBatchNorm;
+- :func:`doctor`: findings about a model's batch norm on some data, with evidence and fixes (:mod:`.diagnosis`).
+"""
 
 from bnlab.tools.convert import convert
+from bnlab.tools.diagnosis import Finding, Report, doctor
+from bnlab.tools.fold import FoldFallbackWarning, Folding, fold, fold_with_report
+from bnlab.tools.freeze import freeze, from_frozen, to_frozen
+from bnlab.tools.recalibrate import Recalibration, recalibrate
 
-__all__ = ["convert"]
+__all__ = [
+    "Finding",
+    "FoldFallbackWarning",
+    "Folding",
+    "Recalibration",
+    "Report",
+    "convert",
+    "doctor",
+    "fold",
+    "fold_with_report",
+    "freeze",
+    "from_frozen",
+    "recalibrate",
+    "to_frozen",
+]

@@ -1,9 +1,13 @@
-"""``bnlab.convert``: swap torch's batch-norm modules for bnlab's, and back.
+"""``bnlab.convert``: swap torch's batch-norm modules for bnlab's, and back; freeze them, and thaw them.
 
-A conversion changes a module's class and nothing else: parameters, buffers, hooks, mode and hyper-parameters
-are the same objects afterwards, so outputs do not change, in training or in eval. By default the model is
-copied first and the caller's model is left untouched; ``inplace=True`` converts the given model (and keeps
-its parameters, so an optimizer built on them keeps working).
+A conversion between torch and bnlab changes a module's class and nothing else: parameters, buffers, hooks, mode
+and hyper-parameters are the same objects afterwards, so outputs do not change, in training or in eval. By
+default the model is copied first and the caller's model is left untouched; ``inplace=True`` converts the given
+model (and keeps its parameters, so an optimizer built on them keeps working).
+
+``to="frozen"`` replaces each layer by a :class:`~bnlab.nn.FrozenBatchNorm2d` (or 1d/3d) holding copies of its
+statistics, γ, β, ε, momentum and batch count as buffers; converting to "torch" or "bnlab" turns frozen layers
+back into trainable ones with the same values. These replace modules, so hooks on the old layers do not follow.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch
 
 from bnlab.kernels import check_backend_name
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.frozen import FrozenBatchNormBase
+from bnlab.tools.freeze import FROZEN_OF, from_frozen, to_frozen
 
 __all__ = ["convert"]
 
@@ -23,7 +29,7 @@ _TO_BNLAB: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
     torch.nn.BatchNorm3d: BatchNorm3d,
 }
 _TO_TORCH = {bnlab_cls: torch_cls for torch_cls, bnlab_cls in _TO_BNLAB.items()}
-TARGETS = ("bnlab", "torch")
+TARGETS = ("bnlab", "torch", "frozen")
 
 
 def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = None,
@@ -35,20 +41,26 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
         to: ``"bnlab"`` replaces ``torch.nn.BatchNorm1d/2d/3d`` by ``bnlab.nn.BatchNorm1d/2d/3d`` (and sets the
             backend of bnlab modules already there); ``"torch"`` goes back. Subclasses of torch's classes
             (``SyncBatchNorm``, uninitialized lazy modules, user subclasses) are left as they are: their
-            forward may do more than batch norm.
+            forward may do more than batch norm. ``"frozen"`` replaces torch's and bnlab's layers by
+            ``bnlab.nn.FrozenBatchNorm1d/2d/3d`` (a layer without running statistics is a ValueError);
+            "torch" and "bnlab" turn frozen layers back into trainable ones.
         backend: with ``to="bnlab"``, the backend of every bnlab module afterwards. None (the default) gives
             converted modules ``"auto"`` and leaves bnlab modules already in the model as they are.
-        inplace: convert ``model`` itself instead of a deep copy.
+        inplace: convert ``model`` itself instead of a deep copy. A root that is itself replaced (a single
+            batch-norm layer converted to or from frozen) is returned as a new module either way.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
-    if to == "torch" and backend is not None:
-        raise ValueError("backend applies to to='bnlab' only: torch's modules always run PyTorch's kernels")
+    if to != "bnlab" and backend is not None:
+        raise ValueError(f"backend applies to to='bnlab' only: {to} layers do not choose a backend")
     if backend is not None:
         check_backend_name(backend)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     root = model if inplace else copy.deepcopy(model)
+    root = _replace_frozen(root, to, backend)
+    if to == "frozen":
+        return root
     mapping = _TO_BNLAB if to == "bnlab" else _TO_TORCH
     for module in root.modules():
         target = mapping.get(type(module))
@@ -56,7 +68,35 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             # Changing the class keeps every parameter, buffer, hook and attribute object as it was.
             module.__class__ = target
         if to == "torch" and target is not None:
-            module.__dict__.pop("backend", None)
+            # torch's layers have no backend and no freeze switches (bnlab.tools.freeze): those are dropped.
+            for attribute in ("backend", "normalize_with", "update_stats"):
+                module.__dict__.pop(attribute, None)
         elif to == "bnlab" and type(module) in _TO_TORCH and (backend is not None or target is not None):
             setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
+    return root
+
+
+def _replace_frozen(root: torch.nn.Module, to: str, backend: str | None) -> torch.nn.Module:
+    """Replace layers by their frozen form (to="frozen") or frozen layers by trainable ones; returns the root."""
+    def convert_one(module: torch.nn.Module) -> torch.nn.Module | None:
+        if to == "frozen":
+            return to_frozen(module) if type(module) in FROZEN_OF else None
+        if isinstance(module, FrozenBatchNormBase):
+            return from_frozen(module, to, backend=backend or "auto")
+        return None
+
+    replaced = convert_one(root)
+    if replaced is not None:
+        return replaced
+    # Named, with duplicates, so a layer registered under two names is replaced under both (by one new module).
+    done: dict[int, torch.nn.Module] = {}
+    for name, module in list(root.named_modules(remove_duplicate=False)):
+        new = done.get(id(module))
+        if new is None:
+            new = convert_one(module)
+            if new is None:
+                continue
+            done[id(module)] = new
+        parent, _, child = name.rpartition(".")
+        setattr(root.get_submodule(parent) if parent else root, child, new)
     return root

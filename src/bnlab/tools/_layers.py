@@ -1,0 +1,88 @@
+"""What the tools count as a batch-norm layer, and how they pick layers by name."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
+
+from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
+
+#: torch's batch-norm classes and their subclasses (bnlab's layers, SyncBatchNorm, lazy and user subclasses).
+BatchNormModule = _BatchNorm
+#: Any layer the tools treat as batch norm: trainable or frozen.
+NormLayer = _BatchNorm | FrozenBatchNormBase
+
+#: The input ranks each family of layer takes, trainable or frozen.
+_RANKS: tuple[tuple[tuple[type[torch.nn.Module], ...], tuple[int, ...]], ...] = (
+    ((torch.nn.BatchNorm1d, FrozenBatchNorm1d), (2, 3)),
+    ((torch.nn.BatchNorm2d, FrozenBatchNorm2d), (4,)),
+    ((torch.nn.BatchNorm3d, FrozenBatchNorm3d), (5,)),
+)
+
+
+def is_batch_norm(module: torch.nn.Module) -> bool:
+    """A trainable batch-norm layer: ``torch.nn.BatchNorm*d`` or any subclass (bnlab's, SyncBatchNorm, ...)."""
+    return isinstance(module, _BatchNorm)
+
+
+def is_frozen_batch_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, FrozenBatchNormBase)
+
+
+def input_ranks(module: torch.nn.Module) -> tuple[int, ...]:
+    """The ranks of input a batch-norm layer takes: (2, 3) for 1d, (4,) for 2d, (5,) for 3d, () if unknown.
+
+    SyncBatchNorm accepts any rank of at least 2, so it is () (unknown) and the tools treat it conservatively.
+    """
+    for classes, ranks in _RANKS:
+        if isinstance(module, classes):
+            return ranks
+    return ()
+
+
+def is_uninitialized(module: torch.nn.Module) -> bool:
+    """A lazy batch-norm layer that has not seen a batch yet, so its buffers have no size."""
+    return any(is_lazy(t) for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
+
+
+def batch_norm_layers(model: torch.nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """(qualified name, module) of every trainable batch-norm layer in ``model``, in registration order.
+
+    The root itself has the name "".
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
+
+
+def norm_layers(model: torch.nn.Module) -> list[tuple[str, NormLayer]]:
+    """:func:`batch_norm_layers` and the FrozenBatchNorm layers."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm | FrozenBatchNormBase)]
+
+
+def select_layers(model: torch.nn.Module, layers: str | Sequence[str] | None) -> list[tuple[str, _BatchNorm]]:
+    """The trainable batch-norm layers whose qualified names match ``layers`` (shell-style patterns; None for all).
+
+    Raises ValueError when a pattern matches no batch-norm layer, listing the names there are, so that a typo
+    does not silently select nothing.
+    """
+    candidates = batch_norm_layers(model)
+    if layers is None:
+        return candidates
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    chosen: list[tuple[str, _BatchNorm]] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"layer patterns must be strings, got {pattern!r}")
+        matched = [(n, m) for n, m in candidates if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            names = ", ".join(repr(n) for n, _ in candidates[:8]) or "none"
+            more = f" and {len(candidates) - 8} more" if len(candidates) > 8 else ""
+            raise ValueError(
+                f"layer pattern {pattern!r} matches no batch-norm layer; the model's batch-norm layers are "
+                f"{names}{more} (patterns are shell-style, e.g. 'layer4.*' or '*.bn1')"
+            )
+        chosen.extend(item for item in matched if item not in chosen)
+    return chosen

@@ -1,0 +1,110 @@
+"""Population statistics of a batch-norm layer's inputs, gathered batch by batch (Algorithm 2, lines 8-10).
+
+For batches B of m_B values per channel (N·H·W for an (N, C, H, W) input), with mean μ_B and biased variance
+σ²_B, and M = Σ_B m_B:
+
+    E[x] = Σ_B m_B·μ_B / M                                                  (both estimators)
+
+    "paper":  Var[x] = Σ_B m_B·(m_B/(m_B−1))·σ²_B / M
+    "pooled": Var[x] = (Σ_B m_B·σ²_B + Σ_B m_B·(μ_B − E[x])²) / (M − 1)
+
+"paper" is line 10 of Algorithm 2, m/(m−1)·E_B[σ²_B], with the expectation weighted by batch size and
+Bessel's correction per batch: the semantics of :func:`bnlab.reference.population_statistics`. It leaves out
+how far the batch means spread around E[x], so its value depends on how the data was cut into batches (and
+it underestimates the variance when batches are not shuffled). "pooled" puts that spread back: it is the
+unbiased variance of all M values, the same whatever the batching, and equal to "paper" in expectation for
+shuffled batches of equal size. The spread is merged batch by batch (Chan, Golub and LeVeque's pairwise
+update) in float64, so no Σx² − (Σx)² cancellation occurs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bnlab.reference.algorithm1 import per_channel, reduction_dims, values_per_channel
+
+ESTIMATORS = ("pooled", "paper")
+
+
+class PopulationAccumulator:
+    """Running sums for one layer: E[x], Σ m·σ², Σ m·unbiased σ², the spread of the batch means, and counts."""
+
+    def __init__(self) -> None:
+        self.values = 0  # M = Σ m_B
+        self.batches = 0
+        self.samples = 0  # Σ N_B
+        self.smallest_batch: int | None = None  # min m_B: how reliable one batch's statistics are
+        self.mean: Tensor | None = None  # E[x] so far, (C,) float64
+        self.within: Tensor | None = None  # Σ m_B·σ²_B
+        self.paper: Tensor | None = None  # Σ m_B·m_B/(m_B−1)·σ²_B
+        self.between: Tensor | None = None  # Σ m_B·(μ_B − E[x])²
+
+    def count(self, x: Tensor) -> int:
+        """Count one mini-batch x of shape (N, C, *) without its statistics; returns m, its values per channel."""
+        m = values_per_channel(x)
+        if m:
+            self.values += m
+            self.batches += 1
+            self.samples += x.shape[0]
+            self.smallest_batch = m if self.smallest_batch is None else min(self.smallest_batch, m)
+        return m
+
+    def add(self, x: Tensor, layer: str = "") -> None:
+        """Account for one mini-batch x of shape (N, C, *). A batch with no values is skipped."""
+        m = values_per_channel(x)
+        if m == 0:
+            return
+        if m < 2:
+            where = f"layer {layer!r}" if layer else "a batch-norm layer"
+            raise ValueError(
+                f"{where} got a batch of shape {tuple(x.shape)}, which has 1 value per channel: a variance needs "
+                f"at least 2; use batches of 2 or more samples"
+            )
+        acc = x.detach().to(torch.float64)
+        dims = reduction_dims(x)
+        mu = acc.mean(dims)  # μ_B
+        sigma2 = (acc - per_channel(mu, x)).square().mean(dims)  # σ²_B, biased
+        self._merge(m, mu, m * sigma2, m * (m / (m - 1)) * sigma2, torch.zeros_like(mu))
+        self.batches += 1
+        self.samples += x.shape[0]
+        self.smallest_batch = m if self.smallest_batch is None else min(self.smallest_batch, m)
+
+    def _merge(self, m: int, mean: Tensor, within: Tensor, paper: Tensor, between: Tensor) -> None:
+        """Fold in a group of m values with its own mean and sums (a batch, or another process's totals)."""
+        if self.mean is None or self.within is None or self.paper is None or self.between is None:
+            self.values, self.mean, self.within, self.paper, self.between = m, mean, within, paper, between
+            return
+        total = self.values + m
+        delta = mean - self.mean
+        self.between = self.between + between + delta.square() * (self.values * m / total)
+        self.mean = self.mean + delta * (m / total)
+        self.within = self.within + within
+        self.paper = self.paper + paper
+        self.values = total
+
+    def packed(self, channels: int, device: torch.device) -> Tensor:
+        """[M, batches, samples, E[x] (C), Σm·σ² (C), Σm·unbiased (C), spread (C)] as one float64 tensor."""
+        zeros = torch.zeros(channels, dtype=torch.float64, device=device)
+        counts = torch.tensor([self.values, self.batches, self.samples], dtype=torch.float64, device=device)
+        parts = [zeros if t is None else t.to(device) for t in (self.mean, self.within, self.paper, self.between)]
+        return torch.cat([counts, *parts])
+
+    def merge_packed(self, packed: Tensor, channels: int) -> None:
+        """Merge another accumulator's :meth:`packed` form (from another process) into this one."""
+        values, batches, samples = (round(v) for v in packed[:3].tolist())
+        if values:
+            mean, within, paper, between = packed[3:].reshape(4, channels).unbind(0)
+            self._merge(values, mean, within, paper, between)
+        self.batches += batches
+        self.samples += samples
+
+    def result(self, estimator: str = "pooled") -> tuple[Tensor, Tensor]:
+        """E[x] and the unbiased Var[x] by ``estimator`` ("pooled" or "paper"), (C,) float64."""
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if self.mean is None or self.within is None or self.paper is None or self.between is None:
+            raise ValueError("no batch reached this layer, so it has no population statistics")
+        if estimator == "paper":
+            return self.mean, self.paper / self.values
+        return self.mean, (self.within + self.between) / (self.values - 1)

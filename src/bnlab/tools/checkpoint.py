@@ -1,0 +1,192 @@
+"""Models and weights for the command line, safely: build from ``module:factory``, load tensors only, write atomically.
+
+- A checkpoint is read with ``torch.load(weights_only=True)`` (``.pt``, ``.pth``, ``.bin``, ...) or with
+  ``safetensors`` (``.safetensors``). Neither unpickles arbitrary objects: a file that carries code is refused
+  and nothing in it runs.
+- Weights are checked against the model before loading, so a mismatch is reported in one line that names the
+  keys and shapes, and the model is untouched when they do not fit.
+- Output is written to a temporary file in the target directory and renamed over the target, so a failure
+  never leaves a partial file behind.
+
+Every problem a user can fix raises :class:`CheckpointError` (a ``ValueError``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckpointError", "build_model", "check_output_path", "load_state_dict", "load_weights", "save_state_dict"]
+
+SAFETENSORS = ".safetensors"
+#: Keys under which training scripts commonly nest the state_dict in a checkpoint dictionary.
+NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class CheckpointError(ValueError):
+    """A model or weights file the user gave cannot be used; the message says why in one line."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def build_model(spec: str) -> nn.Module:
+    """Call ``factory`` from ``module`` for ``"module:factory"``; the current directory is importable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CheckpointError(f"--model must look like module:factory (e.g. mypkg.models:resnet18), got {spec!r}")
+    with _importable(os.getcwd()):  # as with `python -m`, so that a models.py next to the user works
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # any error while importing user code is the user's to fix
+            raise CheckpointError(f"cannot import {module_name!r} for --model {spec}: {type(err).__name__}: "
+                                  f"{_one_line(str(err))}") from err
+        factory: Any = module
+        for part in attr.split("."):
+            factory = getattr(factory, part, None)
+            if factory is None:
+                raise CheckpointError(f"module {module_name!r} has no attribute {attr!r} (from --model {spec})")
+        if not callable(factory):
+            raise CheckpointError(f"{spec} is not callable: --model names a function or class that builds the "
+                                  f"model")
+        try:
+            model = factory()
+        except Exception as err:
+            raise CheckpointError(f"{spec}() failed: {type(err).__name__}: {_one_line(str(err))}") from err
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+@contextlib.contextmanager
+def _importable(directory: str) -> Iterator[None]:
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        if added and directory in sys.path:
+            sys.path.remove(directory)
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file or a ``torch.save``-d state_dict, without running any code."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"weights file {str(file)!r} does not exist" if not file.exists()
+                              else f"weights path {str(file)!r} is not a file")
+    if file.suffix == SAFETENSORS:
+        return _load_safetensors(file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are noise here
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's weights-only unpickler names the import it blocked ("Unsupported global: GLOBAL posix.system").
+        blocked = [line for line in lines if "global" in line.lower()]
+        if blocked:
+            raise CheckpointError(
+                f"refusing to load {str(file)!r}: it is not a plain state_dict ({_one_line(blocked[0])}); loading "
+                f"it could run code. Save weights with torch.save(model.state_dict(), path) or as .safetensors"
+            ) from None
+        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
+        reason = after[0] if after else (lines[-1] if lines else "unreadable")
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {_one_line(reason)[:200]}"
+                              ) from None
+    except Exception as err:
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {type(err).__name__}: "
+                              f"{_one_line(str(err))[:200]}") from None
+    return _as_state_dict(loaded, file)
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from err
+    try:
+        return load_file(str(file), device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"cannot read {str(file)!r} as safetensors: {_one_line(str(err))[:200]}") from None
+
+
+def _as_state_dict(loaded: Any, file: Path) -> dict[str, Tensor]:
+    if isinstance(loaded, dict):
+        for key in NESTED_KEYS:
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not loaded:
+        raise CheckpointError(f"{str(file)!r} holds a {type(loaded).__name__}, not a state_dict (a dictionary of "
+                              f"tensors); save one with torch.save(model.state_dict(), path)")
+    wrong = [k for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if wrong:
+        raise CheckpointError(f"{str(file)!r} is not a state_dict: entry {wrong[0]!r} is not a tensor")
+    return loaded
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = "the weights") -> None:
+    """Load ``state_dict`` into ``model`` strictly, after checking keys and shapes so errors fit in one line."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches (file vs model)", mismatched)):
+        if items:
+            shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{source} do not fit the model: {'; '.join(problems)}; check that --model builds "
+                              f"the architecture the weights were saved from")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except Exception as err:
+        raise CheckpointError(f"{source} do not fit the model: {_one_line(str(err))[:300]}") from None
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output path whose directory does not exist, before any work is done."""
+    out = Path(path)
+    if out.is_dir():
+        raise CheckpointError(f"--out {str(out)!r} is a directory; give a file name ending in .pt or .safetensors")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    return out
+
+
+def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike[str],
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors to ``path`` (.safetensors, else torch.save) through a temporary file and a rename."""
+    out = check_output_path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # no shared storage
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if out.suffix == SAFETENSORS:
+            from safetensors.torch import save_file
+            save_file(tensors, tmp, metadata=metadata)
+        else:
+            torch.save(tensors, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out

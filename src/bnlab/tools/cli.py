@@ -1,0 +1,234 @@
+"""``bnlab fold``, ``bnlab recalibrate`` and ``bnlab doctor``: the model tools on the command line.
+
+Each takes the model as ``--model module:factory`` (a callable that builds it; the current directory is
+importable) and ``--weights FILE`` (a state_dict in .pt/.pth or .safetensors, loaded without unpickling code),
+and data as ``--data NAME`` (a dataset of :mod:`bnlab.data`) or ``--data FILE.npz`` (an array ``x`` of inputs,
+optionally ``y`` of labels). ``fold`` and ``recalibrate`` write weights to ``--out FILE`` through a temporary
+file, so a failure leaves nothing behind. Every user error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bnlab.cli import CLIError
+from bnlab.tools.checkpoint import (
+    CheckpointError,
+    build_model,
+    check_output_path,
+    load_state_dict,
+    load_weights,
+    save_state_dict,
+)
+
+INPUT_KEYS = ("x", "inputs", "images")
+LABEL_KEYS = ("y", "labels", "targets")
+
+
+def register(subparsers: Any) -> None:
+    fold = subparsers.add_parser("fold", help="fold batch norm into conv/linear weights for inference",
+                                 description="Fold every batch norm next to a conv or linear layer into its weights "
+                                             "and write the folded model's weights. Load them into "
+                                             "bnlab.tools.fold(factory().eval()).")
+    _common(fold, data_required=False, split="test", batch_size=64)
+    fold.add_argument("--out", required=True, help="where to write the folded weights (.pt or .safetensors)")
+    fold.add_argument("--method", choices=("auto", "fx", "sequential"), default="auto",
+                      help="how to find conv/BN pairs (default: torch.fx, falling back to nn.Sequential neighbours)")
+    fold.set_defaults(func=_fold)
+
+    recal = subparsers.add_parser("recalibrate", help="recompute BN running statistics from data (Algorithm 2)",
+                                  description="Recompute every batch norm's running statistics for the current "
+                                              "weights from the data and write the model's weights.")
+    _common(recal, data_required=True, split="train", batch_size=64)
+    recal.add_argument("--out", required=True, help="where to write the weights (.pt or .safetensors)")
+    recal.add_argument("--mode", choices=("pooled", "paper", "cumulative"), default="pooled",
+                       help="how batches are averaged (default pooled; see bnlab.tools.recalibrate)")
+    recal.set_defaults(func=_recalibrate)
+
+    doc = subparsers.add_parser("doctor", help="report what is wrong with a model's batch norm, with evidence",
+                                description="Examine every batch norm on the data: findings with severity, layer, "
+                                            "evidence and fix, and (with labels) loss and accuracy in train mode, "
+                                            "eval mode and eval after recalibration.")
+    _common(doc, data_required=True, split="test", batch_size=64)
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.set_defaults(func=_doctor)
+
+
+def _common(parser: argparse.ArgumentParser, *, data_required: bool, split: str, batch_size: int) -> None:
+    parser.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                        help="a callable that builds the model, e.g. mypkg.models:resnet18")
+    parser.add_argument("--weights", metavar="FILE", help="state_dict to load (.pt, .pth or .safetensors)")
+    parser.add_argument("--data", required=data_required, metavar="NAME|FILE.npz",
+                        help="a dataset name (bnlab.data) or an .npz with inputs 'x' and optional labels 'y'")
+    parser.add_argument("--split", choices=("train", "test"), default=split,
+                        help=f"which split of a named dataset (default {split})")
+    parser.add_argument("--data-dir", help="where named datasets live (see bnlab.data)")
+    parser.add_argument("--batch-size", type=_positive, default=batch_size,
+                        help=f"samples per batch (default {batch_size}; use the training batch size)")
+    parser.add_argument("--num-batches", type=_positive, help="use at most this many batches (default all)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def _model(args: argparse.Namespace) -> nn.Module:
+    try:
+        model = build_model(args.model)
+        if args.weights:
+            load_weights(model, load_state_dict(args.weights), f"weights {args.weights!r}")
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    return model.eval()
+
+
+def load_arrays(spec: str, *, split: str, data_dir: str | None) -> tuple[Tensor, Tensor | None]:
+    """Inputs (float32) and labels (int64 or float, or None) from an .npz file or a named dataset."""
+    if spec.endswith(".npz"):
+        return _load_npz(Path(spec))
+    try:
+        from bnlab.data import load_dataset
+    except ImportError:
+        raise CLIError(f"--data {spec!r}: named datasets need bnlab.data, which this installation lacks; pass an "
+                       f".npz file with an array 'x' instead") from None
+    try:
+        dataset = load_dataset(spec, data_dir=data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(" ".join(str(err).split())) from None
+    if split == "train":
+        return dataset.x_train, dataset.y_train
+    return dataset.x_test, dataset.y_test
+
+
+def _load_npz(path: Path) -> tuple[Tensor, Tensor | None]:
+    if not path.is_file():
+        raise CLIError(f"data file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise CLIError(f"cannot read {str(path)!r} as an .npz of arrays: {' '.join(str(err).split())}") from None
+    x_key = next((k for k in INPUT_KEYS if k in arrays), None)
+    if x_key is None:
+        raise CLIError(f"{str(path)!r} has arrays {sorted(arrays)} but no inputs; name the input array one of "
+                       f"{', '.join(INPUT_KEYS)}")
+    x = arrays[x_key]
+    if x.dtype.kind not in "fiub" or x.ndim < 2 or x.shape[0] == 0:
+        raise CLIError(f"inputs {x_key!r} in {str(path)!r} must be a numeric array of shape (N, ...) with N ≥ 1, "
+                       f"got {x.dtype} of shape {x.shape}")
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    y_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    if y_key is None:
+        return inputs, None
+    y = arrays[y_key]
+    if y.shape[:1] != x.shape[:1]:
+        raise CLIError(f"labels {y_key!r} in {str(path)!r} have {y.shape[0] if y.ndim else 0} entries for "
+                       f"{x.shape[0]} inputs")
+    labels = torch.from_numpy(np.ascontiguousarray(y.astype(np.int64) if y.dtype.kind in "iub" else y))
+    return inputs, labels
+
+
+def _batches(args: argparse.Namespace) -> tuple[list[Tensor], list[Tensor] | None]:
+    x, y = load_arrays(args.data, split=args.split, data_dir=args.data_dir)
+    xs = list(x.split(args.batch_size))
+    ys = None if y is None else list(y.split(args.batch_size))
+    # A last batch of one sample cannot give batch statistics; it is dropped rather than failing the command.
+    if len(xs) > 1 and xs[-1].shape[0] < 2:
+        xs = xs[:-1]
+        ys = None if ys is None else ys[:-1]
+    if args.num_batches is not None:
+        xs = xs[:args.num_batches]
+        ys = None if ys is None else ys[:args.num_batches]
+    return xs, ys
+
+
+def _run(what: str, call: Any) -> Any:
+    """Run a tool on the user's model and data; their mistakes (shapes, dtypes) become one-line errors."""
+    try:
+        return call()
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CLIError(f"{what} failed: {type(err).__name__}: {first}") from None
+
+
+def _save(state_dict: dict[str, Tensor], out: str) -> None:
+    try:
+        save_state_dict(state_dict, out)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+
+
+def _checked_out(out: str) -> None:
+    try:
+        check_output_path(out)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+def _fold(args: argparse.Namespace) -> int:
+    from bnlab.tools.fold import fold_with_report
+
+    _checked_out(args.out)
+    model = _model(args)
+    batches = _batches(args)[0] if args.data else []
+    example = batches[0] if batches else None
+    result = _run("fold", lambda: fold_with_report(model, example_inputs=example, method=args.method))
+    print(f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
+          + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none"))
+    for bn, reason in result.skipped:
+        print(f"left {bn}: {reason}")
+    if batches:
+        diff = _run("checking the folded model", lambda: _max_difference(model, result.model, batches))
+        print(f"max |folded − original| over {sum(b.shape[0] for b in batches)} inputs: {diff:.3g}")
+    _save(result.model.state_dict(), args.out)
+    print(f"wrote {args.out} (load it into bnlab.tools.fold({args.model.split(':')[-1]}().eval()))")
+    return 0
+
+
+def _max_difference(original: nn.Module, folded: nn.Module, batches: list[Tensor]) -> float:
+    worst = 0.0
+    with torch.no_grad():
+        for x in batches:
+            a, b = original(x), folded(x)
+            worst = max(worst, float((a - b).abs().max()))
+    return worst
+
+
+def _recalibrate(args: argparse.Namespace) -> int:
+    from bnlab.tools.recalibrate import recalibrate
+
+    _checked_out(args.out)
+    model = _model(args)
+    batches, _ = _batches(args)
+    report = _run("recalibrate", lambda: recalibrate(model, batches, mode=args.mode))
+    _save(model.state_dict(), args.out)
+    print(report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from bnlab.tools.diagnosis import doctor
+
+    model = _model(args)
+    batches, labels = _batches(args)
+    report = _run("doctor", lambda: doctor(model, batches, labels=labels))
+    print(report.to_json() if args.json else report.to_text())
+    return 0

@@ -1,0 +1,201 @@
+"""bnlab.tools.doctor: every finding is triggered by a model built to have it (and only it); a clean model has none."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import bnlab
+from bnlab.tools import doctor, recalibrate
+from bnlab.tools.diagnosis import CODES, Report
+
+
+def _images(n: int = 64, shift: float = 0.0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return list((torch.randn(n, 3, 6, 6, generator=gen) * 2 + 1 + shift).split(32))
+
+
+def _vectors(n: int = 64, batch: int = 32) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(4)
+    return list((torch.randn(n, 5, generator=gen) * 3 - 2).split(batch))
+
+
+def _calibrated(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Statistics that are right for this data: what a well-trained model has."""
+    recalibrate(model.eval(), batches)
+    return model
+
+
+def _clean_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+
+
+class _Reused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 4, bias=False), nn.Linear(5, 4, bias=False)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.a(x)) + self.bn(self.b(x))
+
+
+def _never_updated() -> tuple[nn.Module, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    return nn.Sequential(nn.BatchNorm1d(5)).eval(), list(torch.randn(256, 5, generator=gen).split(64))
+
+
+def _non_finite() -> tuple[nn.Module, list[torch.Tensor]]:
+    model = _calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors())
+    model[0].running_var[2] = float("nan")
+    return model, _vectors()
+
+
+def _mismatch(shift: float) -> Callable[[], tuple[nn.Module, list[torch.Tensor]]]:
+    return lambda: (_calibrated(nn.Sequential(nn.BatchNorm2d(3)), _images()), _images(shift=shift))
+
+
+# (builder returning (model, batches), code, severity, layer)
+FINDINGS = [
+    pytest.param(lambda: (_calibrated(_clean_cnn(), _images()).train(), _images()), "training_mode", "error", "",
+                 id="training-mode"),
+    pytest.param(_non_finite, "stats_non_finite", "error", "0", id="non-finite-statistics"),
+    pytest.param(_never_updated, "stats_never_updated", "error", "0", id="never-updated"),
+    pytest.param(_mismatch(1.0), "stats_mismatch", "warning", "0", id="statistics-mismatch-warning"),  # 0.5 σ
+    pytest.param(_mismatch(5.0), "stats_mismatch", "error", "0", id="statistics-mismatch-error"),  # 2.5 σ
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors(64, 4)), _vectors(64, 4)),
+                 "few_values_per_channel", "error", "0", id="tiny-batches"),
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors(64, 16)), _vectors(64, 16)),
+                 "few_values_per_channel", "warning", "0", id="small-batches"),
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), _images()), _images()),
+                 "bias_before_bn", "info", "1", id="bias-before-bn"),
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.Linear(5, 4, bias=False), nn.Dropout(0.5),
+                                                    nn.BatchNorm1d(4)), _vectors()), _vectors()),
+                 "bn_after_dropout", "warning", "2", id="dropout-before-bn"),
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.BatchNorm1d(5, momentum=0.99)), _vectors()), _vectors()),
+                 "keras_momentum", "warning", "0", id="keras-momentum"),
+    pytest.param(lambda: (_calibrated(_Reused(), _vectors()), _vectors()), "bn_reused", "warning", "bn",
+                 id="reused-module"),
+]
+
+
+@pytest.mark.parametrize(("build", "code", "severity", "layer"), FINDINGS)
+def test_each_finding_is_triggered_by_a_model_built_to_have_it(
+        build: Callable[[], tuple[nn.Module, list[torch.Tensor]]], code: str, severity: str, layer: str) -> None:
+    model, batches = build()
+    before = copy.deepcopy(model.state_dict())
+    modes = [m.training for m in model.modules()]
+    report = doctor(model, batches)
+    assert [(f.code, f.severity, f.layer) for f in report.findings] == [(code, severity, layer)], report
+    finding = report.findings[0]
+    assert finding.evidence and finding.fix and finding.message
+    assert all(isinstance(v, int | float | str) for v in finding.evidence.values())
+    for key, value in model.state_dict().items():  # the doctor examines a copy
+        assert torch.equal(value, before[key]) or (value.isnan() == before[key].isnan()).all(), key
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_every_code_has_a_test() -> None:
+    tested = {p.values[1] for p in FINDINGS}
+    assert tested == set(CODES)
+
+
+def test_clean_model_gives_no_findings() -> None:
+    model = _calibrated(_clean_cnn(), _images(256))
+    report = doctor(model, _images(256))
+    assert report.findings == () and report.healthy
+    assert "no findings" in report.to_text()
+    assert report.layers == 3 and report.batches == 8 and report.samples == 256
+
+
+def test_evidence_of_the_variance_shift_and_keras_momentum() -> None:
+    model = _calibrated(nn.Sequential(nn.Linear(5, 4, bias=False), nn.Dropout(0.5), nn.BatchNorm1d(4)), _vectors())
+    (finding,) = doctor(model, _vectors(256)).findings
+    ratio = finding.evidence["input_variance_ratio_train_vs_eval"]
+    assert isinstance(ratio, float) and 1.6 < ratio < 2.4  # inverted dropout at p = 0.5 doubles E[x²]
+    (keras,) = keras_momentum_findings()
+    assert keras.evidence["pytorch_equivalent"] == pytest.approx(0.01)
+
+
+def keras_momentum_findings() -> tuple:
+    model = _calibrated(nn.Sequential(nn.BatchNorm1d(5, momentum=0.99)), _vectors())
+    return doctor(model, _vectors()).findings
+
+
+def _badly_calibrated_classifier() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(200, 2, generator=gen) + 5
+    y = (x[:, 0] > 5).long()
+    model = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-4.0, 0.0], [4.0, 0.0]]))
+        model[1].bias.zero_()
+        model[0].num_batches_tracked.fill_(100)  # trained, but its statistics describe other data
+    return model.eval(), list(zip(x.split(50), y.split(50), strict=True))
+
+
+def test_measured_effect_train_eval_recalibrated() -> None:
+    model, pairs = _badly_calibrated_classifier()
+    report = doctor(model, pairs)
+    assert report.effect is not None and report.effect.loss_name == "cross-entropy"
+    scores = {s.mode: s for s in report.effect.scores}
+    assert scores["train"].accuracy > 0.9 and scores["recalibrated"].accuracy > 0.9
+    assert scores["eval"].accuracy < 0.7 and scores["eval"].loss > 2 * scores["recalibrated"].loss
+    assert report.effect.samples == 200 and "measured effect" in report.to_text()
+    # Labels given separately: one tensor in batch order, or one tensor per batch.
+    inputs = [x for x, _ in pairs]
+    labels = torch.cat([y for _, y in pairs])
+    for given in (labels, [y for _, y in pairs]):
+        again = doctor(model, inputs, labels=given)
+        assert again.effect is not None and again.effect.scores == report.effect.scores
+    with pytest.raises(ValueError, match="labels has 199 entries"):
+        doctor(model, inputs, labels=labels[:-1])
+
+
+def test_regression_outputs_use_mean_squared_error() -> None:
+    model = _calibrated(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 1)), _vectors())
+    report = doctor(model, _vectors(), labels=[torch.zeros(32, 1), torch.zeros(32, 1)])
+    assert report.effect is not None and report.effect.loss_name == "mean squared error"
+    assert all(s.accuracy is None for s in report.effect.scores)
+
+
+def test_json_output() -> None:
+    model, batches = _non_finite()
+    model[0].running_mean[0] = float("inf")
+    data = json.loads(_strict_json(doctor(model, batches)))
+    assert data["counts"] == {"error": 1, "warning": 0, "info": 0} and data["healthy"] is False
+    (finding,) = data["findings"]
+    assert finding["code"] == "stats_non_finite" and finding["evidence"]["nonfinite_var"] == 1
+    assert set(finding) == {"code", "severity", "layer", "message", "evidence", "fix"}
+
+
+def _strict_json(report: Report) -> str:
+    text = report.to_json()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    return text
+
+
+def test_forward_callable_and_bad_input() -> None:
+    model = _calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors())
+    report = doctor(model, [{"x": b} for b in _vectors()], forward=lambda m, batch: m(batch["x"]))
+    assert report.healthy
+    with pytest.raises(ValueError, match="at least one batch"):
+        doctor(model, [])
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        doctor("model", _vectors())  # type: ignore[arg-type]
+
+
+def test_frozen_layers_are_judged_on_what_they_do() -> None:
+    """Frozen layers use no batch statistics: mode, momentum and batch size do not matter; their statistics do."""
+    calibrated = _calibrated(nn.Sequential(nn.BatchNorm1d(5, momentum=0.99)), _vectors(64, 4))
+    frozen = bnlab.convert(calibrated, to="frozen").train()
+    assert doctor(frozen, _vectors(64, 4)).findings == ()
+    shifted = [b + 10 for b in _vectors(64, 4)]
+    assert [f.code for f in doctor(frozen, shifted).findings] == ["stats_mismatch"]

@@ -1,0 +1,194 @@
+"""bnlab.tools.recalibrate: Algorithm 2's population statistics, exact on known data, restoring what it touches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import bnlab
+from bnlab.reference import population_statistics
+from bnlab.tools import recalibrate
+
+DATA = torch.randn(40, 3, 4, 4, dtype=torch.float64) * torch.tensor([0.5, 2.0, 5.0]).view(1, 3, 1, 1) + torch.tensor(
+    [-1.0, 0.0, 100.0]).view(1, 3, 1, 1)  # channel 2: a large mean over a small spread, cancellation-prone
+
+SPLITS = [
+    pytest.param([40], id="one-batch"),
+    pytest.param([10, 10, 10, 10], id="equal"),
+    pytest.param([16, 16, 8], id="short-last-batch"),
+    pytest.param([2, 31, 7], id="uneven"),
+    pytest.param([1, 39], id="single-sample-batch"),  # 16 values per channel: still a valid batch
+]
+
+
+@pytest.mark.parametrize("sizes", SPLITS)
+def test_pooled_statistics_are_exact_and_do_not_depend_on_batching(sizes: list[int]) -> None:
+    bn = nn.BatchNorm2d(3).double().eval()
+    report = recalibrate(nn.Sequential(bn), list(DATA.split(sizes)))
+    torch.testing.assert_close(bn.running_mean, DATA.mean((0, 2, 3)), rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, DATA.var((0, 2, 3), correction=1), rtol=1e-12, atol=1e-12)
+    assert (report.layers, report.batches, report.samples) == (1, len(sizes), 40)
+    assert int(bn.num_batches_tracked) == len(sizes)
+
+
+@pytest.mark.parametrize("sizes", SPLITS[1:4])
+def test_paper_mode_is_the_reference_algorithm_2(sizes: list[int]) -> None:
+    bn = nn.BatchNorm2d(3).double().eval()
+    batches = list(DATA.split(sizes))
+    recalibrate(nn.Sequential(bn), batches, mode="paper")
+    expected = population_statistics(batches)
+    torch.testing.assert_close(bn.running_mean, expected.mean, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, expected.var, rtol=1e-12, atol=1e-12)
+
+
+def test_cumulative_mode_is_torchs_momentum_none_average() -> None:
+    batches = list(DATA.float().split([16, 16, 8]))
+    ours = nn.BatchNorm2d(3, momentum=0.3).eval()
+    report = recalibrate(nn.Sequential(ours), batches, mode="cumulative")
+    theirs = nn.BatchNorm2d(3, momentum=None).train()
+    for b in batches:
+        theirs(b)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert ours.momentum == 0.3 and not ours.training and report.mode == "cumulative"
+
+
+def _network() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), bnlab.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, momentum=None), nn.Flatten(),
+                         nn.Linear(4 * 2 * 2, 5), nn.BatchNorm1d(5, momentum=0.99))
+
+
+def test_layers_see_the_inference_network_with_batch_statistics() -> None:
+    """Every layer gets the statistics of its inputs as computed with batch norm in training mode, dropout off."""
+    model = _network().eval()
+    batches = list(DATA.float().split([16, 16, 8]))
+    seen: dict[str, list[torch.Tensor]] = {"1": [], "5": [], "8": []}
+    probe = _network().eval()
+    probe.load_state_dict(model.state_dict())
+    for name in seen:
+        probe.get_submodule(name).train()
+        probe.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: seen[name].append(a[0]))
+    with torch.no_grad():
+        for b in batches:
+            probe(b)
+    recalibrate(model, batches)
+    for name, inputs in seen.items():
+        bn = model.get_submodule(name)
+        everything = torch.cat([x.double() for x in inputs])
+        dims = [0, *range(2, everything.dim())]
+        torch.testing.assert_close(bn.running_mean.double(), everything.mean(dims), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var.double(), everything.var(dims), rtol=1e-5, atol=1e-6)
+
+
+def test_modes_momenta_and_switches_are_restored() -> None:
+    model = bnlab.tools.freeze(_network(), "1", normalize_with="running", update_stats=False, train_affine=None)
+    model.train()
+    model[3].eval()  # a mixed state must come back exactly
+    modes = [m.training for m in model.modules()]
+    momenta = [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    recalibrate(model, list(DATA.float().split(20)))
+    assert [m.training for m in model.modules()] == modes
+    assert [m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] == momenta
+    assert model[1].normalize_with == "running" and model[1].update_stats is False
+
+
+def test_an_error_midway_restores_everything() -> None:
+    model = _network().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def batches() -> Iterator[torch.Tensor]:
+        yield DATA[:8].float()
+        raise RuntimeError("the data loader broke")
+
+    with pytest.raises(RuntimeError, match="data loader broke"):
+        recalibrate(model, batches())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not any(m.training for m in model.modules()) and model[5].momentum is None
+
+
+def test_dict_batches_through_a_forward_callable_and_num_batches() -> None:
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn_a, self.bn_b = nn.BatchNorm1d(2), nn.BatchNorm1d(3)
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.bn_a(a), self.bn_b(b)], 1)
+
+    a, b = torch.randn(30, 2) + 3, torch.randn(30, 3) * 4
+    batches = [{"a": a[i:i + 10], "b": b[i:i + 10]} for i in range(0, 30, 10)]
+    model = TwoInputs().eval()
+    with pytest.raises(TypeError, match="forward="):
+        recalibrate(model, batches)
+    report = recalibrate(model, batches, forward=lambda m, batch: m(**batch), num_batches=2)
+    assert (report.layers, report.batches, report.samples) == (2, 2, 20)
+    torch.testing.assert_close(model.bn_a.running_mean, a[:20].mean(0))
+    torch.testing.assert_close(model.bn_b.running_var, b[:20].var(0))
+
+
+class _WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn, self.unused = nn.BatchNorm1d(3), nn.BatchNorm1d(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+
+def test_dataloader_pairs_and_unreached_layers() -> None:
+    model = _WithUnused().eval()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(25, 3), torch.zeros(25)),
+                                         batch_size=10)
+    report = recalibrate(model, loader)
+    assert report.unused == ("unused",) and report.layers == 1 and report.samples == 25
+    assert "unused" in str(report) and int(model.unused.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize(("model", "batches", "error", "match"), [
+    pytest.param(nn.Sequential(nn.BatchNorm1d(3)), [torch.randn(1, 3)], ValueError, "1 value per channel",
+                 id="one-value-per-channel"),
+    pytest.param(nn.Sequential(nn.BatchNorm1d(3)), [], ValueError, "no batch reached", id="no-batches"),
+    pytest.param(nn.Sequential(nn.Linear(3, 3)), [torch.randn(4, 3)], ValueError, "no batch-norm layer",
+                 id="no-batch-norm"),
+    pytest.param(nn.Sequential(nn.BatchNorm1d(3)), 5, TypeError, "iterable of batches", id="not-iterable"),
+])
+def test_bad_input(model: nn.Module, batches: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        recalibrate(model.eval(), batches)  # type: ignore[arg-type]
+
+
+def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
+    """Each of two processes sees part of the data; all-reduced, both end with the statistics of all of it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("this PyTorch build has no gloo backend for torch.distributed")
+    worker = Path(__file__).with_name("distributed_worker.py")
+    sys.path.insert(0, str(worker.parent))
+    try:
+        import distributed_worker as w
+    finally:
+        sys.path.pop(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "store"), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    for p in procs:
+        output, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, output.decode()[-2000:]
+    results = [torch.load(o, weights_only=True) for o in outs]
+    for mode in ("pooled", "paper", "cumulative"):
+        single = w.model()
+        report = recalibrate(single, w.data(), mode=mode)
+        for r in range(2):
+            assert results[r][mode]["report"] == [report.layers, report.batches, report.samples] == [3, 5, 29]
+            for key, value in single.state_dict().items():
+                torch.testing.assert_close(results[r][mode]["state"][key], value, rtol=1e-5, atol=1e-6,
+                                           msg=lambda m, key=key, mode=mode: f"{mode} {key}: {m}")
