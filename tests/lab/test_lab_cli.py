@@ -86,3 +86,12 @@ def test_run_then_report(capsys: pytest.CaptureFixture[str], tmp_path: Path, fig
     shutil.copytree(fig1_run, copy)
     assert main(["report", str(copy)]) == 0
     assert "copied" in (tmp_path / "index.html").read_text()
+
+
+def test_report_outside_a_runs_folder_writes_no_index(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                      fig1_run: Path) -> None:
+    copy = tmp_path / "elsewhere" / "my-run"
+    shutil.copytree(fig1_run, copy)
+    assert main(["report", str(copy)]) == 0
+    assert "all runs" not in capsys.readouterr().out
+    assert not (tmp_path / "index.html").exists() and not (copy.parent / "index.html").exists()

@@ -94,14 +94,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bnlab.lab.records import RunFilesError
+    from bnlab.lab.records import CONFIG, RunFilesError, read_json
     from bnlab.lab.report import build_report, write_index
 
     try:
         page = build_report(args.run_dir)
     except RunFilesError as err:
         raise CLIError(str(err)) from None
-    index = write_index(args.run_dir.resolve().parent.parent)
     print(f"report: {page}")
-    print(f"all runs: {index}")
+    run_dir = args.run_dir.resolve()
+    # Only a folder laid out as RUNS/EXPERIMENT/RUN has a runs index to refresh; a copy elsewhere does not.
+    if run_dir.parent.name == read_json(run_dir / CONFIG).get("experiment"):
+        print(f"all runs: {write_index(run_dir.parent.parent)}")
     return 0
