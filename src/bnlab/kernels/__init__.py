@@ -1,10 +1,11 @@
 """Batch-norm backends behind one contract (:mod:`bnlab.kernels.base`) and the registry that picks one.
 
 Registered here, in the order a newcomer should read them: ``reference`` (the paper's math) and ``native``
-(PyTorch's ATen kernels).
+(PyTorch's ATen kernels); then the fast ones: ``cpu`` (bnlab's C++/OpenMP kernels, built on first use).
 """
 
 from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.cpu import CpuBackend
 from bnlab.kernels.native import NativeBackend
 from bnlab.kernels.reference import ReferenceBackend
 from bnlab.kernels.registry import (
@@ -21,6 +22,7 @@ from bnlab.kernels.registry import (
 
 register(ReferenceBackend())
 register(NativeBackend())
+register(CpuBackend())
 
 __all__ = [
     "AUTO",
