@@ -6,10 +6,11 @@ The public surface:
 - :func:`bnlab.functional.batch_norm`: ``torch.nn.functional.batch_norm`` with a choice of backend;
 - :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules;
 - :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back;
-- :func:`bnlab.available_backends`: which backends can run on a device for a dtype.
+- :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
+- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
 """
 
-from bnlab import functional, kernels, nn, ops, reference, tools
+from bnlab import functional, fused, kernels, nn, ops, reference, tools
 from bnlab.kernels import BackendUnavailableError, available_backends
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.tools import convert
@@ -25,6 +26,7 @@ __all__ = [
     "available_backends",
     "convert",
     "functional",
+    "fused",
     "kernels",
     "nn",
     "ops",

@@ -52,7 +52,7 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                 eps: float, backend: str) -> Tensor:
     """``batch_norm`` with the averaging factor given directly (a tensor for the cumulative average)."""
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training)
-    chosen = resolve(backend, input.device, input.dtype)
+    chosen = resolve(backend, input.device, input.dtype, input.numel(), training)
     if chosen.provides_complete_op and not ops.tracing():
         momentum = float(factor) if isinstance(factor, Tensor) else factor
         return chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
