@@ -52,8 +52,15 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                 eps: float, backend: str) -> Tensor:
     """``batch_norm`` with the averaging factor given directly (a tensor for the cumulative average)."""
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training)
+    return _dispatch(input, running_mean, running_var, weight, bias, training, factor, eps, backend)
+
+
+def _dispatch(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+              weight: Tensor | None, bias: Tensor | None, training: bool, factor: float | Tensor,
+              eps: float, backend: str) -> Tensor:
+    """Run checked arguments on the chosen backend and update the running statistics."""
     chosen = resolve(backend, input.device, input.dtype, input.numel(), training)
-    if chosen.provides_complete_op and not ops.tracing():
+    if chosen.provides_complete_op and not ops.compiling():
         momentum = float(factor) if isinstance(factor, Tensor) else factor
         return chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     name, acc = chosen.name, accumulation_dtype(input.dtype)

@@ -4,10 +4,11 @@ Two ops carry the computation: ``bnlab::train_forward`` (Algorithm 1, with its b
 and ``bnlab::eval_forward`` (Algorithm 2). Each has a fake (meta) implementation, so ``torch.compile`` with
 ``fullgraph=True`` sees through them, and one autograd definition (a ``setup_context`` and a ``backward``).
 
-That autograd definition is used twice: by the custom op, which is what ``torch.compile`` traces, and by a
-thin ``torch.autograd.Function`` that eager mode calls directly. Both run the same backend code; the second
-exists because dispatching through a Python custom op costs about 70 µs per forward+backward on CPU (measured
-against this Function at about 20 µs), which would make small layers slower than PyTorch's.
+That autograd definition serves three callers, all running the same backend code: the custom op, which is
+what ``torch.compile`` traces; a ``torch.autograd.Function`` that plain eager mode calls, because dispatching
+through a Python custom op costs about 70 µs per forward+backward on CPU (this Function about 20 µs), which
+would make small layers slower than PyTorch's; and the same Function in the ``setup_context`` form that
+functorch transforms (``torch.func.grad``) require.
 
 Double backward (``create_graph=True``) differentiates the paper's formulas (:mod:`bnlab.reference`) with
 autograd, for every backend.
@@ -104,12 +105,13 @@ def _eval_forward_fake(x: Tensor, running_mean: Tensor, running_var: Tensor, wei
 
 
 # ------------------------------------------------------------------------------------------------- autograd
-def _setup_train(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
+def _setup_train(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs, *, compiled: bool = False) -> None:
     x, weight, bias, eps, backend = inputs
     _, mean, invstd, var = output
     ctx.mark_non_differentiable(mean, invstd, var)
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.eps, ctx.backend, ctx.has_bias = eps, backend, bias is not None
+    ctx.compiled = compiled  # the backward of a compiled graph must call the op, not the Python directly
 
 
 def _backward_train(ctx: Any, grad_y: Tensor, *unused_stat_grads: Any) -> tuple[Any, ...]:
@@ -125,8 +127,7 @@ def _backward_train(ctx: Any, grad_y: Tensor, *unused_stat_grads: Any) -> tuple[
 
 
 def _setup_train_op(ctx: Any, inputs: tuple[Any, ...], output: TrainOutputs) -> None:
-    _setup_train(ctx, inputs, output)
-    ctx.compiled = True
+    _setup_train(ctx, inputs, output, compiled=True)
 
 
 train_forward_op.register_autograd(_backward_train, setup_context=_setup_train_op)
@@ -142,7 +143,6 @@ class _TrainFunction(torch.autograd.Function):
                 eps: float, backend: str) -> TrainOutputs:
         output = _train_forward(x, weight, bias, eps, backend)
         _setup_train(ctx, (x, weight, bias, eps, backend), output)
-        ctx.compiled = False
         return output
 
     @staticmethod
@@ -190,23 +190,50 @@ class _EvalFunction(torch.autograd.Function):
     backward = staticmethod(_backward_eval)  # type: ignore[assignment]
 
 
+class _TrainTransformFunction(torch.autograd.Function):
+    """The same Function in the form functorch transforms (torch.func.grad, jacrev) require.
+
+    Neither the custom op's autograd nor the faster ctx-in-forward form above is accepted by functorch.
+    """
+
+    forward = staticmethod(_train_forward)
+    setup_context = staticmethod(_setup_train)
+    backward = staticmethod(_backward_train)
+
+
+class _EvalTransformFunction(torch.autograd.Function):
+    """The eval Function in the form functorch transforms require."""
+
+    forward = staticmethod(_eval_forward)
+    setup_context = staticmethod(_setup_eval)
+    backward = staticmethod(_backward_eval)
+
+
 # ---------------------------------------------------------------------------------------------- entry points
-def tracing() -> bool:
-    """True under torch.compile and functorch transforms (torch.func.grad), which need the registered ops."""
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+def compiling() -> bool:
+    """True while torch.compile traces: then only the registered custom ops may be called."""
+    return torch.compiler.is_compiling()
+
+
+def _functorch_active() -> bool:
+    return torch._C._are_functorch_transforms_active()
 
 
 def train_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                   backend: str) -> TrainOutputs:
-    """Training-mode batch norm through the custom op when tracing, through the eager Function otherwise."""
-    if tracing():
+    """Training-mode batch norm: the custom op under torch.compile, an autograd.Function otherwise."""
+    if compiling():
         return train_forward_op(x, weight, bias, eps, backend)
+    if _functorch_active():
+        return _TrainTransformFunction.apply(x, weight, bias, eps, backend)
     return _TrainFunction.apply(x, weight, bias, eps, backend)
 
 
 def eval_forward(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
                  bias: Tensor | None, eps: float, backend: str) -> Tensor:
-    """Inference-mode batch norm through the custom op when tracing, through the eager Function otherwise."""
-    if tracing():
+    """Inference-mode batch norm: the custom op under torch.compile, an autograd.Function otherwise."""
+    if compiling():
         return eval_forward_op(x, running_mean, running_var, weight, bias, eps, backend)
+    if _functorch_active():
+        return _EvalTransformFunction.apply(x, running_mean, running_var, weight, bias, eps, backend)
     return _EvalFunction.apply(x, running_mean, running_var, weight, bias, eps, backend)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnlab.kernels.base import FLOAT_DTYPES, Backend, TrainBackward, TrainForward
+from bnlab.kernels.base import FLOAT_DTYPES, Backend, TrainBackward, TrainForward, memory_format_of
 from bnlab.reference import algorithm1, algorithm2
 
 
@@ -29,7 +29,8 @@ class ReferenceBackend(Backend):
                  invstd: Tensor) -> TrainBackward:
         # The closed form from the saved statistics; tests hold it equal to the paper's term-by-term chain rule.
         g = algorithm1.backward_compact(grad_y, x, mean, invstd, weight)
-        return TrainBackward(g.dx, g.dgamma, g.dbeta)
+        # dx follows grad_y's layout through the arithmetic; the contract wants x's.
+        return TrainBackward(g.dx.contiguous(memory_format=memory_format_of(x)), g.dgamma, g.dbeta)
 
     def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
                      bias: Tensor | None, eps: float) -> Tensor:

@@ -13,28 +13,31 @@ import torch
 from torch import Tensor
 
 from bnlab import _stats
-from bnlab._checks import check_input_rank
-from bnlab.functional import _batch_norm
+from bnlab._checks import check_batch_norm_args, check_input_rank
+from bnlab.functional import _dispatch
 from bnlab.kernels import check_backend_name
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 def _module_forward(module: Any, input: Tensor) -> Tensor:
-    """torch's ``_BatchNorm.forward``, step for step, with the counter and factor from :mod:`bnlab._stats`."""
+    """torch's ``_BatchNorm.forward``, step for step, with the counter and factor from :mod:`bnlab._stats`.
+
+    One difference: the arguments are checked before the batch counter moves, so a call that raises leaves
+    the module exactly as it was (torch counts the batch first).
+    """
     check_input_rank(input, module._bnlab_ranks, type(module).__name__)
-    factor: float | Tensor = 0.0 if module.momentum is None else module.momentum
-    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
-        factor = _stats.advance(module.num_batches_tracked, module.momentum)
     # Batch statistics in training, and in eval when there are no running statistics to use.
     use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
     keep_buffers = not module.training or module.track_running_stats
-    return _batch_norm(
-        input,
-        module.running_mean if keep_buffers else None,
-        module.running_var if keep_buffers else None,
-        module.weight, module.bias, use_batch_stats, factor, module.eps, module.backend,
-    )
+    running_mean = module.running_mean if keep_buffers else None
+    running_var = module.running_var if keep_buffers else None
+    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats)
+    factor: float | Tensor = 0.0 if module.momentum is None else module.momentum
+    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+        factor = _stats.advance(module.num_batches_tracked, module.momentum)
+    return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats, factor,
+                     module.eps, module.backend)
 
 
 # A leaf for torch.fx: a traced graph calls this with the module itself, so .train()/.eval() on the traced

@@ -4,8 +4,10 @@ Read this file next to section 3 of the paper. Every function takes an input ``x
 (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W). Statistics are per feature (dimension 1) and are taken
 over every other dimension, so the mini-batch B holds m = N·L (or N·H·W, N·D·H·W) values per channel.
 
-No speed tricks: each line is one line of the paper. Float16 and bfloat16 inputs are computed in float32
-(the accumulation type); float32 and float64 inputs are computed in their own precision.
+No speed tricks: each line is one line of the paper. The arithmetic runs in float64 whatever the input dtype:
+this is the yardstick every backend is judged by, so it must be at least as accurate as any of them. Results
+come back in the input's dtype, and statistics in the accumulation dtype of the backend contract (float32, or
+float64 for float64 input).
 
 Three versions of the backward pass are given and tested to agree:
 
@@ -30,7 +32,7 @@ class ForwardResult(NamedTuple):
     mean: Tensor  # μ_B
     var: Tensor  # σ²_B, the biased mini-batch variance (divides by m): this is what normalizes
     invstd: Tensor  # 1/√(σ²_B + ε)
-    xhat: Tensor  # x̂, the normalized input, in the accumulation dtype
+    xhat: Tensor  # x̂, the normalized input, in the working dtype (float64)
 
 
 class Gradients(NamedTuple):
@@ -44,6 +46,11 @@ class Gradients(NamedTuple):
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype statistics are accumulated in: float64 for float64, float32 for everything narrower."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def working_dtype(x: Tensor) -> torch.dtype:
+    """float64, the precision the reference computes in (float32 on devices without float64, such as MPS)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
 
 
 def reduction_dims(x: Tensor) -> tuple[int, ...]:
@@ -77,16 +84,18 @@ def forward_train(x: Tensor, gamma: Tensor | None = None, beta: Tensor | None = 
         gamma, beta: (C,) scale γ and shift β, or None for γ = 1, β = 0.
         eps: ε, added to the variance for numerical stability.
     """
-    acc = x.to(accumulation_dtype(x.dtype))
+    xw = x.to(working_dtype(x))  # x in the working precision
     dims = reduction_dims(x)
-    mean = acc.mean(dims, keepdim=True)  # μ_B = 1/m Σ x_i: (1, C, 1, 1)
+    mean = xw.mean(dims, keepdim=True)  # μ_B = 1/m Σ x_i: (1, C, 1, 1)
     # Two passes (subtract μ_B first), never E[x²] − E[x]²: that form cancels catastrophically.
-    var = (acc - mean).square().mean(dims, keepdim=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    var = (xw - mean).square().mean(dims, keepdim=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
     invstd = torch.rsqrt(var + eps)  # 1/√(σ²_B + ε)
-    xhat = (acc - mean) * invstd  # x̂_i = (x_i − μ_B)/√(σ²_B + ε)
-    g, b = _affine(gamma, beta, x.shape[1], acc)
+    xhat = (xw - mean) * invstd  # x̂_i = (x_i − μ_B)/√(σ²_B + ε)
+    g, b = _affine(gamma, beta, x.shape[1], xw)
     y = xhat * per_channel(g, x) + per_channel(b, x)  # y_i = γ x̂_i + β ≡ BN_{γ,β}(x_i)
-    return ForwardResult(y.to(x.dtype), mean.flatten(), var.flatten(), invstd.flatten(), xhat)
+    stat = accumulation_dtype(x.dtype)
+    return ForwardResult(y.to(x.dtype), mean.flatten().to(stat), var.flatten().to(stat), invstd.flatten().to(stat),
+                         xhat)
 
 
 def _param_grad_dtype(gamma: Tensor | None, acc: torch.dtype) -> torch.dtype:
@@ -98,24 +107,24 @@ def backward_paper(dy: Tensor, x: Tensor, gamma: Tensor | None = None, eps: floa
 
     Recomputes μ_B and σ²_B from x. dy is ∂ℓ/∂y with the shape of x.
     """
-    acc_dtype = accumulation_dtype(x.dtype)
-    acc, g_out = x.to(acc_dtype), dy.to(acc_dtype)
+    acc_dtype, work = accumulation_dtype(x.dtype), working_dtype(x)
+    xw, g_out = x.to(work), dy.to(work)
     dims, m = reduction_dims(x), values_per_channel(x)
-    mean = acc.mean(dims, keepdim=True)
-    var = (acc - mean).square().mean(dims, keepdim=True)
-    xhat = (acc - mean) * torch.rsqrt(var + eps)
-    g, _ = _affine(gamma, None, x.shape[1], acc)
+    mean = xw.mean(dims, keepdim=True)
+    var = (xw - mean).square().mean(dims, keepdim=True)
+    xhat = (xw - mean) * torch.rsqrt(var + eps)
+    g, _ = _affine(gamma, None, x.shape[1], xw)
     gamma_b = per_channel(g, x)
 
     dxhat = g_out * gamma_b  # ∂ℓ/∂x̂_i = ∂ℓ/∂y_i · γ
     # ∂ℓ/∂σ²_B = Σ ∂ℓ/∂x̂_i · (x_i − μ_B) · −½ (σ²_B + ε)^(−3/2)
-    dvar = (dxhat * (acc - mean)).sum(dims, keepdim=True) * -0.5 * (var + eps).pow(-1.5)
+    dvar = (dxhat * (xw - mean)).sum(dims, keepdim=True) * -0.5 * (var + eps).pow(-1.5)
     # ∂ℓ/∂μ_B = (Σ ∂ℓ/∂x̂_i · −1/√(σ²_B + ε)) + ∂ℓ/∂σ²_B · (Σ −2(x_i − μ_B))/m
     dmean = (dxhat * -torch.rsqrt(var + eps)).sum(dims, keepdim=True) + dvar * (
-        -2.0 * (acc - mean)
+        -2.0 * (xw - mean)
     ).sum(dims, keepdim=True) / m
     # ∂ℓ/∂x_i = ∂ℓ/∂x̂_i · 1/√(σ²_B + ε) + ∂ℓ/∂σ²_B · 2(x_i − μ_B)/m + ∂ℓ/∂μ_B · 1/m
-    dx = dxhat * torch.rsqrt(var + eps) + dvar * 2.0 * (acc - mean) / m + dmean / m
+    dx = dxhat * torch.rsqrt(var + eps) + dvar * 2.0 * (xw - mean) / m + dmean / m
     dgamma = (g_out * xhat).sum(dims)  # ∂ℓ/∂γ = Σ ∂ℓ/∂y_i · x̂_i
     dbeta = g_out.sum(dims)  # ∂ℓ/∂β = Σ ∂ℓ/∂y_i
     pdt = _param_grad_dtype(gamma, acc_dtype)
@@ -130,13 +139,13 @@ def backward_darknet(dy: Tensor, x: Tensor, gamma: Tensor | None = None, eps: fl
     this follows the paper (biased σ²_B, the given ε). darknet's mean_delta also drops the paper's
     ∂ℓ/∂σ²·Σ−2(x−μ)/m term, which is zero because Σ(x_i − μ_B) = 0.
     """
-    acc_dtype = accumulation_dtype(x.dtype)
-    acc, delta = x.to(acc_dtype), dy.to(acc_dtype)
+    acc_dtype, work = accumulation_dtype(x.dtype), working_dtype(x)
+    xw, delta = x.to(work), dy.to(work)
     dims, spatial_batch = reduction_dims(x), values_per_channel(x)
-    mean = acc.mean(dims, keepdim=True)
-    variance = (acc - mean).square().mean(dims, keepdim=True)
-    x_norm = (acc - mean) / torch.sqrt(variance + eps)
-    scales, _ = _affine(gamma, None, x.shape[1], acc)
+    mean = xw.mean(dims, keepdim=True)
+    variance = (xw - mean).square().mean(dims, keepdim=True)
+    x_norm = (xw - mean) / torch.sqrt(variance + eps)
+    scales, _ = _affine(gamma, None, x.shape[1], xw)
 
     bias_updates = delta.sum(dims)  # backward_bias: Σ delta over batch and space
     scale_updates = (x_norm * delta).sum(dims)  # backward_scale: Σ x_norm · delta
@@ -144,9 +153,9 @@ def backward_darknet(dy: Tensor, x: Tensor, gamma: Tensor | None = None, eps: fl
     # mean_delta: Σ delta · (−1/√(variance + ε))
     mean_delta = delta.sum(dims, keepdim=True) * (-1.0 / torch.sqrt(variance + eps))
     # variance_delta: Σ delta · (x − mean) · −½ (variance + ε)^(−3/2)
-    variance_delta = (delta * (acc - mean)).sum(dims, keepdim=True) * -0.5 * (variance + eps).pow(-1.5)
+    variance_delta = (delta * (xw - mean)).sum(dims, keepdim=True) * -0.5 * (variance + eps).pow(-1.5)
     # normalize_delta: delta/√(variance + ε) + variance_delta·2(x − mean)/m + mean_delta/m
-    delta = (delta / torch.sqrt(variance + eps) + variance_delta * 2.0 * (acc - mean) / spatial_batch
+    delta = (delta / torch.sqrt(variance + eps) + variance_delta * 2.0 * (xw - mean) / spatial_batch
              + mean_delta / spatial_batch)
     pdt = _param_grad_dtype(gamma, acc_dtype)
     return Gradients(delta.to(x.dtype), scale_updates.to(pdt), bias_updates.to(pdt))
@@ -160,14 +169,14 @@ def backward_compact(dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor,
         ∂ℓ/∂x_i = γ/√(σ²_B + ε) · (∂ℓ/∂y_i − (Σ∂ℓ/∂y)/m − x̂_i · (Σ ∂ℓ/∂y·x̂)/m),
     two per-channel reductions (∂ℓ/∂β and ∂ℓ/∂γ) and one elementwise pass.
     """
-    acc_dtype = accumulation_dtype(x.dtype)
-    acc, g_out = x.to(acc_dtype), dy.to(acc_dtype)
+    acc_dtype, work = accumulation_dtype(x.dtype), working_dtype(x)
+    xw, g_out = x.to(work), dy.to(work)
     dims, m = reduction_dims(x), values_per_channel(x)
-    mean_b, invstd_b = per_channel(mean.to(acc_dtype), x), per_channel(invstd.to(acc_dtype), x)
-    xhat = (acc - mean_b) * invstd_b
+    mean_b, invstd_b = per_channel(mean.to(work), x), per_channel(invstd.to(work), x)
+    xhat = (xw - mean_b) * invstd_b
     dbeta = g_out.sum(dims)  # ∂ℓ/∂β
     dgamma = (g_out * xhat).sum(dims)  # ∂ℓ/∂γ
-    g, _ = _affine(gamma, None, x.shape[1], acc)
+    g, _ = _affine(gamma, None, x.shape[1], xw)
     scale = per_channel(g, x) * invstd_b
     dx = scale * (g_out - per_channel(dbeta, x) / m - xhat * per_channel(dgamma, x) / m)
     pdt = _param_grad_dtype(gamma, acc_dtype)

@@ -23,7 +23,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from bnlab.reference.algorithm1 import accumulation_dtype, per_channel, reduction_dims, values_per_channel
+from bnlab.reference.algorithm1 import (
+    accumulation_dtype,
+    per_channel,
+    reduction_dims,
+    values_per_channel,
+    working_dtype,
+)
 
 
 class PopulationStatistics(NamedTuple):
@@ -47,7 +53,7 @@ def population_statistics(batches: Iterable[Tensor]) -> PopulationStatistics:
                 f"each batch needs at least 2 values per channel to estimate a variance, got a batch of shape "
                 f"{tuple(x.shape)}; drop it or merge it with another batch"
             )
-        acc = x.to(accumulation_dtype(x.dtype))
+        acc = x.to(working_dtype(x))
         dims = reduction_dims(x)
         mu = acc.mean(dims)  # μ_B
         sigma2 = (acc - per_channel(mu, x)).square().mean(dims)  # σ²_B, biased
@@ -58,7 +64,9 @@ def population_statistics(batches: Iterable[Tensor]) -> PopulationStatistics:
         num_values += m
     if mean_sum is None or var_sum is None:
         raise ValueError("population_statistics needs at least one batch, got an empty iterable")
-    return PopulationStatistics(mean_sum / num_values, var_sum / num_values, num_batches, num_values)
+    stat = accumulation_dtype(x.dtype)
+    return PopulationStatistics((mean_sum / num_values).to(stat), (var_sum / num_values).to(stat), num_batches,
+                                num_values)
 
 
 class InferenceAffine(NamedTuple):
@@ -83,7 +91,9 @@ def inference_affine(mean: Tensor, var: Tensor, gamma: Tensor | None = None, bet
 def forward_inference(x: Tensor, mean: Tensor, var: Tensor, gamma: Tensor | None = None,
                       beta: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """y = γ/√(Var[x] + ε)·x + (β − γE[x]/√(Var[x] + ε)), with population (running) statistics of shape (C,)."""
-    scale, shift = inference_affine(mean, var, gamma, beta, eps)
-    acc = x.to(accumulation_dtype(x.dtype))
-    scale, shift = scale.to(acc.dtype), shift.to(acc.dtype)
+    work = working_dtype(x)
+    g = None if gamma is None else gamma.to(work)
+    b = None if beta is None else beta.to(work)
+    scale, shift = inference_affine(mean.to(work), var.to(work), g, b, eps)
+    acc = x.to(work)
     return (acc * per_channel(scale, x) + per_channel(shift, x)).to(x.dtype)

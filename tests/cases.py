@@ -1,0 +1,56 @@
+"""The shared case catalogue: hand-picked input shapes and layouts, each named for what it tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+# (shape, layout): layout is "contiguous", "channels_last" or "strided" (a non-contiguous view).
+SHAPES = [
+    pytest.param((2, 3), "contiguous", id="N2-C3"),  # smallest legal training batch
+    pytest.param((16, 5), "contiguous", id="1d-N16-C5"),
+    pytest.param((4, 3, 7), "contiguous", id="1d-NCL"),
+    pytest.param((1, 4, 5, 5), "contiguous", id="N1-spatial"),  # N=1 is legal: H*W values per channel
+    pytest.param((7, 33, 13, 17), "contiguous", id="odd-sizes"),  # nothing a power of two
+    pytest.param((4, 8, 6, 6), "channels_last", id="channels_last"),
+    pytest.param((3, 5, 6, 7), "strided", id="non-contiguous"),  # a transposed view
+    pytest.param((2, 3, 4, 5, 6), "contiguous", id="3d-NCDHW"),
+    pytest.param((2, 4, 3, 4, 5), "channels_last", id="3d-channels_last"),
+]
+
+# The smaller subset for slow paths (gradcheck, double backward, dtype sweeps).
+SMALL_SHAPES = [
+    pytest.param((4, 3), "contiguous", id="1d-N4-C3"),
+    pytest.param((3, 2, 5), "contiguous", id="1d-NCL"),
+    pytest.param((2, 3, 3, 4), "channels_last", id="2d-channels_last"),
+    pytest.param((2, 2, 2, 3, 3), "contiguous", id="3d"),
+]
+
+
+def make_input(shape: tuple[int, ...], layout: str, dtype: torch.dtype = torch.float32,
+               make: Callable[..., torch.Tensor] = torch.randn) -> torch.Tensor:
+    """A tensor of ``shape`` stored as ``layout``, with per-channel offsets and scales so channels differ."""
+    channels = shape[1]
+    base = make(*shape, dtype=torch.float64)
+    offsets = torch.linspace(-2.0, 3.0, channels, dtype=torch.float64)
+    scales = torch.linspace(0.5, 2.0, channels, dtype=torch.float64)
+    view = [1, channels] + [1] * (len(shape) - 2)
+    x = (base * scales.view(view) + offsets.view(view)).to(dtype)
+    if layout == "channels_last":
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
+    elif layout == "strided":
+        # Same values, stored with the last two dimensions swapped: a non-contiguous view.
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        assert not x.is_contiguous()
+    return x
+
+
+def module_class(dim: int, family: str = "bnlab") -> type[torch.nn.Module]:
+    """BatchNorm1d/2d/3d of the given family ("bnlab" or "torch") for an input of ``dim`` dimensions."""
+    import bnlab
+
+    ns = bnlab if family == "bnlab" else torch.nn
+    return {2: ns.BatchNorm1d, 3: ns.BatchNorm1d, 4: ns.BatchNorm2d, 5: ns.BatchNorm3d}[dim]

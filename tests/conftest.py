@@ -1,0 +1,52 @@
+"""Shared fixtures: the backends every core test runs against, and a fixed seed per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from bnlab.kernels import available_backends, get_backend
+
+# The native backend answers eager calls with ATen's complete op; "native:contract" turns that off so the
+# three contract calls (the path torch.compile takes) are tested in eager mode as well.
+CONTRACT_SUFFIX = ":contract"
+
+
+def cpu_backend_ids(dtype: torch.dtype = torch.float32) -> list[str]:
+    """Every backend that can run on this CPU, plus the contract-path variant of those with a complete op."""
+    ids = []
+    for name in available_backends("cpu", dtype):
+        ids.append(name)
+        if get_backend(name).provides_complete_op:
+            ids.append(name + CONTRACT_SUFFIX)
+    return ids
+
+
+@pytest.fixture(params=cpu_backend_ids())
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A backend name to pass as ``backend=``; contract variants have their complete op switched off."""
+    name: str = request.param
+    if name.endswith(CONTRACT_SUFFIX):
+        name = name.removesuffix(CONTRACT_SUFFIX)
+        monkeypatch.setattr(type(get_backend(name)), "provides_complete_op", False)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> Iterator[None]:
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def nan_fill() -> Iterator[None]:
+    """Make torch.empty fill new tensors with NaN, so an output element a kernel never writes fails the test."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = True  # type: ignore[attr-defined]
+    yield
+    torch.use_deterministic_algorithms(previous)
+    torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]

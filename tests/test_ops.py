@@ -1,0 +1,136 @@
+"""Autograd and tracing: gradcheck/gradgradcheck, the custom ops, torch.compile, torch.fx and torch.func."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import bnlab
+from bnlab import ops
+from cases import SMALL_SHAPES, make_input
+
+
+@pytest.mark.parametrize(("shape", "layout"), SMALL_SHAPES)
+@pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
+def test_gradcheck_and_gradgradcheck(backend: str, shape: tuple[int, ...], layout: str, training: bool) -> None:
+    x = make_input(shape, layout, torch.float64).requires_grad_()
+    c = shape[1]
+    weight = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    running_mean = torch.randn(c, dtype=torch.float64)
+    running_var = torch.rand(c, dtype=torch.float64) + 0.5
+
+    def f(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # Fresh buffers per call: gradcheck calls f many times and training mode updates them.
+        return bnlab.functional.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias,
+                                           training=training, backend=backend)
+
+    # ATen's CPU kernels take milliseconds per call on these tiny shapes, and full mode makes thousands of
+    # calls; fast mode checks random projections of the same Jacobians. The reference is checked in full.
+    fast = backend != "reference"
+    assert torch.autograd.gradcheck(f, (x, weight, bias), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, (x, weight, bias), fast_mode=fast)
+
+
+def test_gradcheck_without_weight(backend: str) -> None:
+    x = make_input((5, 3, 4), "contiguous", torch.float64).requires_grad_()
+    f = lambda x: bnlab.functional.batch_norm(x, None, None, training=True, backend=backend)  # noqa: E731
+    fast = backend != "reference"
+    assert torch.autograd.gradcheck(f, (x,), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, (x,), fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend_name", ["native", "reference"])
+def test_custom_ops_pass_opcheck(backend_name: str) -> None:
+    x = make_input((4, 3, 5), "contiguous").requires_grad_()
+    w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    torch.library.opcheck(ops.train_forward_op, (x, w, b, 1e-5, backend_name))
+    torch.library.opcheck(ops.train_forward_op, (x.detach().to(memory_format=torch.contiguous_format), None, None,
+                                                 1e-5, backend_name))
+    mean, invstd = torch.randn(3), torch.rand(3) + 0.5
+    torch.library.opcheck(ops.train_backward_op, (torch.randn(4, 3, 5), x.detach(), w.detach(), mean, invstd,
+                                                  backend_name))
+    torch.library.opcheck(ops.eval_forward_op, (x, torch.zeros(3), torch.ones(3), w, b, 1e-5, backend_name))
+    cl = make_input((2, 3, 4, 4), "channels_last")
+    torch.library.opcheck(ops.eval_forward_op, (cl, torch.zeros(3), torch.ones(3), None, None, 1e-5, backend_name))
+
+
+def test_eager_function_and_custom_op_agree(backend: str) -> None:
+    x = make_input((6, 4, 3, 3), "channels_last").requires_grad_()
+    w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    eager = ops._TrainFunction.apply(x, w, b, 1e-5, backend)
+    op = ops.train_forward_op(x, w, b, 1e-5, backend)
+    for e, o in zip(eager, op, strict=True):
+        assert torch.equal(e, o)
+    g = torch.randn_like(x)
+    grads_eager = torch.autograd.grad(eager[0], (x, w, b), g)
+    grads_op = torch.autograd.grad(op[0], (x, w, b), g)
+    for e, o in zip(grads_eager, grads_op, strict=True):
+        assert torch.equal(e, o)
+    assert not eager[1].requires_grad and not op[1].requires_grad  # statistics are not differentiable outputs
+
+
+@pytest.mark.parametrize(("cls", "shape", "momentum"), [
+    pytest.param(bnlab.BatchNorm2d, (4, 3, 5, 5), 0.1, id="2d"),
+    pytest.param(bnlab.BatchNorm1d, (8, 5), None, id="1d-cumulative"),
+])
+def test_torch_compile_fullgraph(backend: str, cls: type, shape: tuple[int, ...], momentum: float | None) -> None:
+    torch._dynamo.reset()
+    eager, compiled_module = cls(shape[1], momentum=momentum, backend=backend), cls(shape[1], momentum=momentum,
+                                                                                   backend=backend)
+    compiled = torch.compile(compiled_module, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        x = torch.randn(shape) * (step + 1)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = eager(xe), compiled(xc)
+        torch.testing.assert_close(yc, ye)
+        g = torch.randn(shape)
+        ye.backward(g)
+        yc.backward(g)
+        torch.testing.assert_close(xc.grad, xe.grad)
+        torch.testing.assert_close(compiled_module.weight.grad, eager.weight.grad)
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled_module.state_dict()[key], value, msg=key)
+    eager.eval()
+    compiled_module.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(compiled(x), eager(x))
+
+
+def test_torch_compile_with_inductor() -> None:
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), bnlab.BatchNorm2d(4, backend="reference"), torch.nn.ReLU())
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 8, 8)
+    reference_model = copy.deepcopy(model)
+    torch.testing.assert_close(compiled(x), reference_model(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model[1].running_mean, reference_model[1].running_mean)
+    model.eval()
+    reference_model.eval()
+    torch.testing.assert_close(compiled(x), reference_model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fx_symbolic_trace_keeps_modes_switchable(backend: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), bnlab.BatchNorm2d(4, backend=backend), torch.nn.ReLU())
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 8, 8)
+    targets = [node.target for node in traced.graph.nodes]
+    assert bnlab.nn.batchnorm._module_forward in targets  # one node per BN, not its inner ops
+    torch.testing.assert_close(traced(x), model(x))  # training mode: batch statistics
+    traced.eval()
+    model.eval()
+    assert not traced.get_submodule("1").training
+    torch.testing.assert_close(traced(x), model(x))  # eval mode reached the BN through the graph
+
+
+def test_torch_func_grad(backend: str) -> None:
+    x = make_input((5, 3), "contiguous", torch.float64)
+    w = torch.randn(3, dtype=torch.float64)
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        return bnlab.functional.batch_norm(x, None, None, w, None, training=True, backend=backend).pow(3).sum()
+
+    expected = torch.func.grad(lambda w: torch.nn.functional.batch_norm(x, None, None, w, None, True).pow(3).sum())(w)
+    torch.testing.assert_close(torch.func.grad(loss)(w), expected)
