@@ -59,6 +59,8 @@ def _ema_(running: Tensor, batch: Tensor, factor: float | Tensor, scale: float) 
     if batch.dtype != running.dtype:
         batch = batch.to(running.dtype)
     if isinstance(factor, Tensor):
+        # 1/num_batches_tracked is a float32 tensor: in the buffer's dtype, so float64 buffers keep their digits.
+        factor = factor.to(running.dtype)
         running.mul_(1 - factor).add_(batch * (factor * scale))
     else:
         running.mul_(1 - factor).add_(batch, alpha=factor * scale)

@@ -12,6 +12,7 @@ made contiguous first (one extra copy). Dtypes: float32, float64, bfloat16, floa
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -25,6 +26,10 @@ _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.flo
 _NCS, _CL = 0, 1
 # Below this many elements a layer runs on one thread: waking the OpenMP team costs more than it saves.
 _PARALLEL_MIN_NUMEL = 1 << 15
+# Training inputs smaller than this go to native under "auto": measured crossover of forward+backward on this
+# machine (benchmarks.run, 2 threads): (8, 32, 16, 16) = 65k values is slower than ATen, (256, 512) = 131k about
+# even, 1.6M values and up faster.
+_AUTO_MIN_NUMEL_TRAIN = 1 << 18
 # "auto" ranks this backend above native for these dtypes only: the benchmark (benchmarks/results) shows it
 # faster there; float64 and float16 are supported but not chosen automatically.
 _PREFERRED_DTYPES = (torch.float32, torch.bfloat16)
@@ -82,6 +87,12 @@ class CpuBackend(Backend, FusedBackend):
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
         return 20 if device.type == "cpu" and dtype in _PREFERRED_DTYPES else 0
 
+    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool) -> int:
+        # Eval is one affine pass that ATen does as well as we do (forward_eval calls it), so "auto" leaves
+        # inference to native and its lower call overhead. In training, below the crossover the Python of the
+        # autograd path costs more than the kernels save (benchmarks/results/cpu-quick.md).
+        return _AUTO_MIN_NUMEL_TRAIN if training else sys.maxsize
+
     @staticmethod
     def _lib():  # type: ignore[no-untyped-def]
         lib = build.load()
@@ -112,8 +123,8 @@ class CpuBackend(Backend, FusedBackend):
         res = None if residual is None else geo.arrange(residual)
         acc = accumulation_dtype(x.dtype)
         y = torch.empty_like(x, memory_format=geo.fmt)
-        stats = torch.empty(3, geo.C, dtype=acc)
-        mean, invstd, var = stats[0], stats[1], stats[2]
+        # Three separate tensors: outputs of a custom op may not alias one another.
+        mean, invstd, var = (torch.empty(geo.C, dtype=acc) for _ in range(3))
         w, b = _vecs(weight, bias)
         status = self._lib().bnlab_forward_train(
             _DTYPE_CODES[x.dtype], x.data_ptr(), _ptr(res), y.data_ptr(), _ptr(w), _ptr(b), geo.N, geo.C, geo.S,
@@ -130,8 +141,7 @@ class CpuBackend(Backend, FusedBackend):
         acc = accumulation_dtype(saved.dtype)
         dx = torch.empty_like(saved, memory_format=geo.fmt)
         dres = torch.empty_like(saved, memory_format=geo.fmt) if need_dresidual else None
-        grads = torch.empty(2, geo.C, dtype=acc)
-        dweight, dbias = grads[0], grads[1]
+        dweight, dbias = (torch.empty(geo.C, dtype=acc) for _ in range(2))
         w, b, mu, rstd = _vecs(weight, bias, mean, invstd)
         status = self._lib().bnlab_backward(
             _DTYPE_CODES[saved.dtype], grad_y.data_ptr(), saved.data_ptr(), _ptr(res), _ptr(w), _ptr(b),

@@ -209,38 +209,35 @@ struct Moments {
   }
 };
 
-// Adds a run of values (or, when SQUARES, their squared deviations from m) into two vector accumulators and a
-// scalar for the tail; the two vectors hide the latency of the additions.
-template <bool SQUARES, class T, class A>
-inline void run_sums(const T* p, int64_t len, A m, typename Vec<A>::V& v0, typename Vec<A>::V& v1, A& tail) {
+// Adds a run of values into two vector accumulators and a scalar for the tail (two vectors hide the latency of
+// the additions). With DEVIATIONS it adds d = x − m into (v0, t0) and d² into (v1, t1) instead.
+template <bool DEVIATIONS, class T, class A>
+inline void run_sums(const T* p, int64_t len, A m, typename Vec<A>::V& v0, typename Vec<A>::V& v1, A& t0, A& t1) {
   using V = typename Vec<A>::V;
   constexpr int W = Vec<A>::W;
   int64_t i = 0;
-  for (; i + 2 * W <= len; i += 2 * W) {
-    V a = vload<T, A>(p + i), b = vload<T, A>(p + i + W);
-    if (SQUARES) {
-      a -= m;
-      b -= m;
-      a *= a;
-      b *= b;
+  if (DEVIATIONS) {
+    for (; i + W <= len; i += W) {
+      V d = vload<T, A>(p + i) - m;
+      v0 += d;
+      v1 += d * d;
     }
-    v0 += a;
-    v1 += b;
+    for (; i < len; ++i) {
+      A d = load(p[i]) - m;
+      t0 += d;
+      t1 += d * d;
+    }
+    return;
+  }
+  for (; i + 2 * W <= len; i += 2 * W) {
+    v0 += vload<T, A>(p + i);
+    v1 += vload<T, A>(p + i + W);
   }
   if (i + W <= len) {
-    V a = vload<T, A>(p + i);
-    if (SQUARES) {
-      a -= m;
-      a *= a;
-    }
-    v0 += a;
+    v0 += vload<T, A>(p + i);
     i += W;
   }
-  for (; i < len; ++i) {
-    A v = load(p[i]);
-    if (SQUARES) v = (v - m) * (v - m);
-    tail += v;
-  }
+  for (; i < len; ++i) t0 += load(p[i]);
 }
 
 // Moments of channel c of an NCS tensor. Its N runs of S values are taken in groups of about CHUNK values: each
@@ -254,14 +251,17 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
     for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
       const int64_t len = S - s0 < CHUNK ? S - s0 : CHUNK;
       typename Vec<A>::V v0 = {}, v1 = {};
-      A tail = 0;
-      for (int64_t n = n0; n < n1; ++n) run_sums<false>(x + (n * C + c) * S + s0, len, A(0), v0, v1, tail);
+      A t0 = 0, t1 = 0;
+      for (int64_t n = n0; n < n1; ++n) run_sums<false>(x + (n * C + c) * S + s0, len, A(0), v0, v1, t0, t1);
       const double count = double(len * (n1 - n0));
-      const A m = A(double(vsum<A>(v0 + v1) + tail) / count);
+      // A first estimate of the group's mean, then deviations from it: their sum corrects the mean to well
+      // below the input type's resolution (which matters when the mean dwarfs the spread), their squares give M2.
+      const A m = A(double(vsum<A>(v0 + v1) + t0) / count);
       v0 = v1 = typename Vec<A>::V{};
-      tail = 0;
-      for (int64_t n = n0; n < n1; ++n) run_sums<true>(x + (n * C + c) * S + s0, len, m, v0, v1, tail);
-      mo.merge(count, double(m), double(vsum<A>(v0 + v1) + tail));
+      t0 = t1 = 0;
+      for (int64_t n = n0; n < n1; ++n) run_sums<true>(x + (n * C + c) * S + s0, len, m, v0, v1, t0, t1);
+      const double dsum = double(vsum<A>(v0) + t0), dsq = double(vsum<A>(v1) + t1);
+      mo.merge(count, double(m) + dsum / count, dsq - dsum * dsum / count);
     }
   }
   return mo;

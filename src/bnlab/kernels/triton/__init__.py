@@ -146,8 +146,8 @@ class TritonBackend(Backend, FusedBackend):
         x = view.arrange(x)
         res = None if residual is None else view.arrange(residual)
         y = torch.empty_like(x, memory_format=view.fmt)
-        stats = torch.empty(3, view.C, dtype=torch.float32, device=x.device)
-        mean, invstd, var = stats[0], stats[1], stats[2]
+        # Separate tensors: outputs of a custom op may not alias one another.
+        mean, invstd, var = (torch.empty(view.C, dtype=torch.float32, device=x.device) for _ in range(3))
         p = view.plan(x)
         c_blocks = math.ceil(view.C / p.block_c)
         flags = _flags(activation, res, weight, bias)
@@ -178,8 +178,7 @@ class TritonBackend(Backend, FusedBackend):
         res = None if residual is None else view.arrange(residual)
         dx = torch.empty_like(saved, memory_format=view.fmt)
         dres = torch.empty_like(saved, memory_format=view.fmt) if need_dresidual else None
-        grads = torch.empty(2, view.C, dtype=torch.float32, device=saved.device)
-        dweight, dbias = grads[0], grads[1]
+        dweight, dbias = (torch.empty(view.C, dtype=torch.float32, device=saved.device) for _ in range(2))
         p = view.plan(saved)
         c_blocks = math.ceil(view.C / p.block_c)
         flags = {**_flags(activation, res, weight, bias), "FROM_OUTPUT": from_output}
