@@ -161,8 +161,8 @@ class TritonBackend(Backend, FusedBackend):
         counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
         k._stats_partial[(c_blocks, p.splits)](x, counts, partial[0], partial[1], *common, p.m_per_split,
                                                BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-        k._stats_merge[(c_blocks,)](counts, partial[0], partial[1], mean, invstd, var, view.C, p.splits, eps,
-                                    BLOCK_C=p.block_c)
+        k._stats_merge[(c_blocks,)](x, counts, partial[0], partial[1], mean, invstd, var, view.C, x.stride(1),
+                                    p.splits, eps, BLOCK_C=p.block_c)
         k._normalize[(c_blocks, math.ceil(view.M / p.block_m))](
             x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
             BLOCK_C=p.block_c, BLOCK_M=p.block_m)

@@ -123,7 +123,12 @@ def _forward_one_pass(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, v
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / M
     d = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(d * d, axis=1) / M  # two passes over registers: never E[x²] − E[x]²
+    # Two passes over registers (never E[x²] − E[x]²); the deviations' sum corrects the first mean, which float32
+    # rounds to the resolution of the mean's magnitude when it dwarfs the spread.
+    dsum = tl.sum(d, axis=1)
+    var = tl.maximum(tl.sum(d * d, axis=1) - dsum * dsum / M, 0.0) / M
+    mean += dsum / M
+    d -= (dsum / M)[:, None]
     invstd = 1.0 / tl.sqrt(var + eps)
     tl.store(mean_ptr + c, mean, mask=cmask)
     tl.store(invstd_ptr + c, invstd, mask=cmask)
@@ -142,6 +147,9 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
     cmask = c < C
+    # Moments are taken of x − K, K = the channel's first value: merging float32 means of magnitude |μ| would
+    # lose the spread wherever |μ| dwarfs it; x − K is of the spread's size.
+    shift = tl.load(x_ptr + c.to(tl.int64) * sC, mask=cmask, other=0.0).to(tl.float32)
     start = split.to(tl.int64) * m_per_split
     end = tl.minimum(start + m_per_split, M)
     count = 0.0
@@ -151,11 +159,13 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
         m = m0 + tl.arange(0, BLOCK_M)
         mmask = m < end
         mask = cmask[:, None] & mmask[None, :]
-        x = tl.load(x_ptr + _offsets(c, m, S, sN, sC, sS), mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + _offsets(c, m, S, sN, sC, sS), mask=mask, other=0.0).to(tl.float32) - shift[:, None]
         n_b = tl.sum(mmask.to(tl.float32), axis=0)
         mean_b = tl.sum(x, axis=1) / n_b
         d = tl.where(mask, x - mean_b[:, None], 0.0)
-        m2_b = tl.sum(d * d, axis=1)
+        dsum = tl.sum(d, axis=1)  # corrects the float32 rounding of mean_b, as in _forward_one_pass
+        m2_b = tl.maximum(tl.sum(d * d, axis=1) - dsum * dsum / n_b, 0.0)
+        mean_b += dsum / n_b
         # Chan et al.: merge the tile's (n_b, mean_b, M2_b) into the running (count, mean, M2).
         total = count + n_b
         delta = mean_b - mean
@@ -169,12 +179,14 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
 
 
 @triton.jit
-def _stats_merge(cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, invstd_ptr, var_ptr, C, splits, eps,
+def _stats_merge(x_ptr, cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, invstd_ptr, var_ptr, C, sC, splits, eps,
                  BLOCK_C: tl.constexpr):
-    # cnt_ptr: (splits,); pmean_ptr, pm2_ptr: (splits, C); mean_ptr, invstd_ptr, var_ptr: (C,) fp32 outputs.
+    # x_ptr: (N, C, S), read for the shift K only; cnt_ptr: (splits,); pmean_ptr (means of x − K), pm2_ptr:
+    # (splits, C); mean_ptr, invstd_ptr, var_ptr: (C,) fp32 outputs.
     # Splits are merged in index order: the same rounding on every run.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
+    shift = tl.load(x_ptr + c.to(tl.int64) * sC, mask=cmask, other=0.0).to(tl.float32)
     count = 0.0
     mean = tl.zeros((BLOCK_C,), tl.float32)
     m2 = tl.zeros((BLOCK_C,), tl.float32)
@@ -188,7 +200,7 @@ def _stats_merge(cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, invstd_ptr, var_ptr, C, 
         m2 += m2_b + delta * delta * (count * n_b / total)
         count = total
     var = m2 / count
-    tl.store(mean_ptr + c, mean, mask=cmask)
+    tl.store(mean_ptr + c, shift + mean, mask=cmask)
     tl.store(var_ptr + c, var, mask=cmask)
     tl.store(invstd_ptr + c, 1.0 / tl.sqrt(var + eps), mask=cmask)
 
@@ -206,8 +218,9 @@ def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M,
     gamma, beta = _params(w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
     mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
     scale = tl.load(invstd_ptr + c, mask=cmask, other=0.0) * gamma
-    shift = beta - mean * scale
-    z = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) * scale[:, None] + shift[:, None]
+    # (x − μ)·scale + β rather than x·scale + (β − μ·scale): no cancellation when |μ| dwarfs the spread.
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = (x - mean[:, None]) * scale[:, None] + beta[:, None]
     if HAS_RES:
         z += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, _activate(z, slope, ACT).to(y_ptr.dtype.element_ty), mask=mask)
