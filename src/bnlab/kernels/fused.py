@@ -86,7 +86,8 @@ def activation_grad(z: Tensor, activation: str, negative_slope: float) -> Tensor
     if activation == "relu":
         return (z > 0).to(z.dtype)
     if activation == "leaky_relu":
-        return torch.where(z > 0, 1.0, negative_slope).to(z.dtype)
+        # A tensor for the slope: torch.where of two Python floats is float32, which would round 0.1.
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, negative_slope))
     if activation == "silu":
         s = torch.sigmoid(z)
         return s * (1 + z * (1 - s))
@@ -99,7 +100,8 @@ def invert_activation(y: Tensor, activation: str, negative_slope: float) -> tupl
     """(z, act'(z)) recovered from y = act(z) for an invertible activation: the save="output" backward."""
     if activation == "leaky_relu":
         positive = y > 0
-        return torch.where(positive, y, y / negative_slope), torch.where(positive, 1.0, negative_slope).to(y.dtype)
+        grad = torch.where(positive, torch.ones_like(y), torch.full_like(y, negative_slope))
+        return torch.where(positive, y, y / negative_slope), grad
     if activation == "elu":
         positive = y > 0
         return torch.where(positive, y, torch.log1p(y)), torch.where(positive, 1.0, y + 1)
