@@ -17,7 +17,7 @@ test: setup
 
 ## lint: ruff (style and errors) and mypy (types)
 lint: setup
-	@$(PY) -m ruff check src tests examples
+	@$(PY) -m ruff check src tests examples benchmarks
 	@$(PY) -m mypy
 
 format: setup

@@ -20,7 +20,8 @@ What is saved for backward (``save``):
   the tensor the next layer keeps anyway. **γ = 0**: x̂ cannot be recovered from y where a channel's γ is exactly
   zero (that channel's output does not depend on x). The gradients stay exact: a call whose γ has a zero saves x
   instead of y (as ``"input"`` does) and logs this once. Small but non-zero |γ| is exact in exact arithmetic;
-  in floating point x̂ then carries an error of about ulp(z)/|γ|.
+  in floating point x̂ then carries an error of about ulp(y)/|γ| (times 1/negative_slope on leaky_relu's negative
+  side), which in bfloat16 or float16 is coarse: prefer ``"input"`` there.
 
 Double backward is not supported by the fused path (``create_graph=True`` raises); use ``backend="native"``.
 """

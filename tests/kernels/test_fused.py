@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bnlab.fused import fused_impl
 from bnlab.kernels import available_backends
 from bnlab.kernels.fused import ACTIVATIONS, REFERENCE_FUSED, activate
-from bnlab.fused import fused_impl
 from cases import make_input
 from tolerances import FLOOR, max_error
 

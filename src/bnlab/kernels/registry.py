@@ -86,9 +86,10 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     if torch.compiler.is_compiling():
         backend = _resolve(*key)  # traced once per graph; the cache would only add a global mutation
     else:
-        backend = _RESOLVED.get(key)
-        if backend is None:
-            backend = _RESOLVED[key] = _resolve(*key)
+        cached = _RESOLVED.get(key)
+        if cached is None:
+            cached = _RESOLVED[key] = _resolve(*key)
+        backend = cached
     if numel is not None and name == AUTO and not (key[1] and key[1] != AUTO):
         backend = _by_size(backend, device, dtype, numel, training)
     return backend

@@ -128,7 +128,8 @@ class CpuBackend(Backend, FusedBackend):
         w, b = _vecs(weight, bias)
         status = self._lib().bnlab_forward_train(
             _DTYPE_CODES[x.dtype], x.data_ptr(), _ptr(res), y.data_ptr(), _ptr(w), _ptr(b), geo.N, geo.C, geo.S,
-            geo.layout, eps, ACTIVATION_CODES[activation], negative_slope, mean.data_ptr(), invstd.data_ptr(), var.data_ptr(), geo.threads())
+            geo.layout, eps, ACTIVATION_CODES[activation], negative_slope, mean.data_ptr(), invstd.data_ptr(),
+            var.data_ptr(), geo.threads())
         _check(status, "forward_train")
         return TrainForward(y, mean, invstd, var)
 
@@ -160,7 +161,8 @@ class CpuBackend(Backend, FusedBackend):
         y = torch.empty_like(x, memory_format=geo.fmt)
         rm, rv, w, b = _vecs(running_mean, running_var, weight, bias)
         status = self._lib().bnlab_forward_eval(
-            _DTYPE_CODES[x.dtype], x.data_ptr(), _ptr(res), y.data_ptr(), _ptr(rm), _ptr(rv), _ptr(w), _ptr(b), geo.N, geo.C, geo.S,
+            _DTYPE_CODES[x.dtype], x.data_ptr(), _ptr(res), y.data_ptr(), _ptr(rm), _ptr(rv), _ptr(w), _ptr(b),
+            geo.N, geo.C, geo.S,
             geo.layout, eps, ACTIVATION_CODES[activation], negative_slope, geo.threads())
         _check(status, "forward_eval")
         return y
