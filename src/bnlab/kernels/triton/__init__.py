@@ -13,6 +13,7 @@ several programs whose partial results are merged in a fixed order, so two runs 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 from typing import Any, NamedTuple
@@ -28,17 +29,13 @@ _ONE_PASS_MAX = 8192  # values per program (BLOCK_C × BLOCK_M) that still fit i
 _TILE = 4096  # values per program tile in the split path
 
 
-def _import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising anything else
-        return f"triton is not installed or failed to import ({type(exc).__name__}: {exc}); pip install triton"
-    return None
-
-
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
-    return _import_error()
+    # Looked up, not imported: importing triton on a CPU-only machine before TRITON_INTERPRET=1 is set would
+    # build its language in compiled mode, and the interpreter could not run in that process afterwards.
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed; pip install triton (or bnlab[triton])"
+    return None
 
 
 def _interpreting() -> bool:
