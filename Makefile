@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test lint format
+.PHONY: setup run test lint format bench
 
 setup:
 	@bash scripts/setup.sh
@@ -17,8 +17,12 @@ test: setup
 
 ## lint: ruff (style and errors) and mypy (types)
 lint: setup
-	@$(PY) -m ruff check src tests examples
+	@$(PY) -m ruff check src tests examples benchmarks
 	@$(PY) -m mypy
 
 format: setup
 	@$(PY) -m ruff check --fix src tests examples
+
+## bench: the CPU benchmark suite (bnlab's backends against PyTorch, same run); results in benchmarks/results/
+bench: setup
+	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json

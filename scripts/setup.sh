@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 STAMP="$VENV/.bnlab-setup"
-EXTRAS="${BNLAB_EXTRAS:-dev}"
+EXTRAS="${BNLAB_EXTRAS:-dev,triton}"  # triton: CI tests its kernels under the interpreter
 want=$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha256sum | cut -c1-16)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
   exit 0
