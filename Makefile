@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test lint format
+.PHONY: setup run test lint format bench
 
 setup:
 	@bash scripts/setup.sh
@@ -23,3 +23,7 @@ lint: setup
 
 format: setup
 	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
+
+## bench: the CPU benchmark suite (bnlab's backends against PyTorch, same run); results in benchmarks/results/
+bench: setup
+	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json

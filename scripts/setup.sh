@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 STAMP="$VENV/.bnlab-setup"
-EXTRAS="${BNLAB_EXTRAS:-dev,lab}"
+# lab: make run and the lab's tests; triton: CI tests its kernels under the interpreter
+EXTRAS="${BNLAB_EXTRAS:-dev,lab,triton}"
 DEBIAN_PACKAGES=(dataset-fashion-mnist chromium)
 want=$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha256sum | cut -c1-16)
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-import pytest
 import torch
+
+# Without a GPU the Triton backend runs under Triton's interpreter on CPU tensors, so the whole suite tests it.
+# The variable must be set before anything imports triton, hence here, at the top of the root conftest.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 from bnlab.kernels import available_backends, get_backend
 
@@ -32,6 +39,13 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         name = name.removesuffix(CONTRACT_SUFFIX)
         monkeypatch.setattr(type(get_backend(name)), "provides_complete_op", False)
     return name
+
+
+def require(backend: str, dtype: torch.dtype, device: str = "cpu") -> None:
+    """Skip, saying why, when ``backend`` cannot run ``dtype`` inputs on ``device`` (triton has no float64)."""
+    reason = get_backend(backend).unavailable_reason(torch.device(device), dtype)
+    if reason is not None:
+        pytest.skip(f"{backend} cannot run {dtype} on {device}: {reason}")
 
 
 @pytest.fixture(autouse=True)

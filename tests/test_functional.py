@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import bnlab
 from bnlab.kernels import memory_format_of
 from cases import SHAPES, SMALL_SHAPES, make_input
+from conftest import require
 from tolerances import assert_as_accurate_as_torch, assert_close_to_torch
 
 MOMENTA = [pytest.param(0.0, id="momentum0"), pytest.param(0.1, id="momentum0.1"), pytest.param(1.0, id="momentum1")]
@@ -81,6 +82,7 @@ def test_eval_matches_torch(backend: str, shape: tuple[int, ...], layout: str, a
 @pytest.mark.parametrize(("shape", "layout"), SMALL_SHAPES)
 @pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
 def test_float64_matches_torch(backend: str, shape: tuple[int, ...], layout: str, training: bool) -> None:
+    require(backend, torch.float64)
     x = make_input(shape, layout, torch.float64)
     state = _state(shape[1], torch.float64)
     grad_y = torch.randn(shape, dtype=torch.float64)

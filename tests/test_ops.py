@@ -10,11 +10,13 @@ import torch
 import bnlab
 from bnlab import ops
 from cases import SMALL_SHAPES, make_input
+from conftest import require
 
 
 @pytest.mark.parametrize(("shape", "layout"), SMALL_SHAPES)
 @pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
 def test_gradcheck_and_gradgradcheck(backend: str, shape: tuple[int, ...], layout: str, training: bool) -> None:
+    require(backend, torch.float64)  # gradcheck needs float64 to be meaningful
     x = make_input(shape, layout, torch.float64).requires_grad_()
     c = shape[1]
     weight = torch.randn(c, dtype=torch.float64, requires_grad=True)
@@ -35,6 +37,7 @@ def test_gradcheck_and_gradgradcheck(backend: str, shape: tuple[int, ...], layou
 
 
 def test_gradcheck_without_weight(backend: str) -> None:
+    require(backend, torch.float64)
     x = make_input((5, 3, 4), "contiguous", torch.float64).requires_grad_()
     f = lambda x: bnlab.functional.batch_norm(x, None, None, training=True, backend=backend)  # noqa: E731
     fast = backend != "reference"
@@ -126,11 +129,11 @@ def test_fx_symbolic_trace_keeps_modes_switchable(backend: str) -> None:
 
 
 def test_torch_func_grad(backend: str) -> None:
-    x = make_input((5, 3), "contiguous", torch.float64)
-    w = torch.randn(3, dtype=torch.float64)
+    x = make_input((5, 3), "contiguous")
+    w = torch.randn(3)
 
     def loss(w: torch.Tensor) -> torch.Tensor:
         return bnlab.functional.batch_norm(x, None, None, w, None, training=True, backend=backend).pow(3).sum()
 
     expected = torch.func.grad(lambda w: torch.nn.functional.batch_norm(x, None, None, w, None, True).pow(3).sum())(w)
-    torch.testing.assert_close(torch.func.grad(loss)(w), expected)
+    torch.testing.assert_close(torch.func.grad(loss)(w), expected, rtol=1e-4, atol=1e-4)

@@ -9,9 +9,10 @@ The public surface:
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
   :func:`bnlab.doctor`, and :class:`bnlab.FrozenBatchNorm2d` (and 1d/3d).
+- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
 """
 
-from bnlab import functional, kernels, nn, ops, reference, tools
+from bnlab import functional, fused, kernels, nn, ops, reference, tools
 from bnlab.kernels import BackendUnavailableError, available_backends
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 from bnlab.tools import convert, doctor, fold, freeze, recalibrate
@@ -33,6 +34,7 @@ __all__ = [
     "fold",
     "freeze",
     "functional",
+    "fused",
     "kernels",
     "nn",
     "ops",

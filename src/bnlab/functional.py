@@ -59,7 +59,7 @@ def _dispatch(input: Tensor, running_mean: Tensor | None, running_var: Tensor | 
               weight: Tensor | None, bias: Tensor | None, training: bool, factor: float | Tensor,
               eps: float, backend: str) -> Tensor:
     """Run checked arguments on the chosen backend and update the running statistics."""
-    chosen = resolve(backend, input.device, input.dtype)
+    chosen = resolve(backend, input.device, input.dtype, input.numel(), training)
     if chosen.provides_complete_op and not ops.compiling():
         momentum = float(factor) if isinstance(factor, Tensor) else factor
         return chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

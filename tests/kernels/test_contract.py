@@ -9,7 +9,7 @@ from bnlab.kernels import get_backend, memory_format_of
 from bnlab.reference import algorithm1 as a1
 from bnlab.reference import algorithm2 as a2
 from cases import SHAPES, make_input
-from conftest import cpu_backend_ids
+from conftest import cpu_backend_ids, require
 from tolerances import assert_as_accurate_as_torch
 
 BACKENDS = [name for name in cpu_backend_ids() if ":" not in name]
@@ -31,6 +31,7 @@ def _params(channels: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tens
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "layout"), SHAPES)
 def test_forward_train(name: str, dtype: torch.dtype, shape: tuple[int, ...], layout: str) -> None:
+    require(name, dtype)
     x = make_input(shape, layout, dtype)
     weight, bias = _params(shape[1], dtype)
     out = get_backend(name).forward_train(x, weight, bias, 1e-5)
@@ -54,6 +55,7 @@ def test_forward_train(name: str, dtype: torch.dtype, shape: tuple[int, ...], la
 @pytest.mark.parametrize(("shape", "layout"), SHAPES)
 @pytest.mark.parametrize("affine", [pytest.param(True, id="affine"), pytest.param(False, id="no-weight")])
 def test_backward(name: str, dtype: torch.dtype, shape: tuple[int, ...], layout: str, affine: bool) -> None:
+    require(name, dtype)
     x = make_input(shape, layout, dtype)
     weight = _params(shape[1], dtype)[0] if affine else None
     grad_y = make_input(shape, "contiguous", dtype)
@@ -82,6 +84,7 @@ def test_backward(name: str, dtype: torch.dtype, shape: tuple[int, ...], layout:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "layout"), SHAPES)
 def test_forward_eval(name: str, dtype: torch.dtype, shape: tuple[int, ...], layout: str) -> None:
+    require(name, dtype)
     x = make_input(shape, layout, dtype)
     acc = a1.accumulation_dtype(dtype)
     weight, bias = _params(shape[1], dtype)

@@ -1,10 +1,12 @@
 """Batch-norm backends behind one contract (:mod:`bnlab.kernels.base`) and the registry that picks one.
 
 Registered here, in the order a newcomer should read them: ``reference`` (the paper's math) and ``native``
-(PyTorch's ATen kernels).
+(PyTorch's ATen kernels); then the fast ones: ``cpu`` (bnlab's C++/OpenMP kernels, built on first use) and
+``triton`` (GPU kernels).
 """
 
 from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.cpu import CpuBackend
 from bnlab.kernels.native import NativeBackend
 from bnlab.kernels.reference import ReferenceBackend
 from bnlab.kernels.registry import (
@@ -18,9 +20,12 @@ from bnlab.kernels.registry import (
     register,
     resolve,
 )
+from bnlab.kernels.triton import TritonBackend
 
 register(ReferenceBackend())
 register(NativeBackend())
+register(CpuBackend())
+register(TritonBackend())
 
 __all__ = [
     "AUTO",

@@ -82,6 +82,14 @@ class Backend(ABC):
         """
         return 0
 
+    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool) -> int:
+        """``"auto"`` passes this backend over for inputs with fewer elements than this (in this mode).
+
+        For a backend that is faster than ``native`` on large layers but not on small ones, where the Python
+        around its kernels (autograd, argument handling) costs more than it saves. 0: no minimum.
+        """
+        return 0
+
     @abstractmethod
     def forward_train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> TrainForward:
         """Normalize x with its own mini-batch statistics (Algorithm 1)."""

@@ -18,6 +18,8 @@ AUTO = "auto"
 _BACKENDS: dict[str, Backend] = {}
 # Availability depends only on the device type and dtype, so answers are kept per (name, env, type, dtype).
 _RESOLVED: dict[tuple[str, str, str, torch.dtype], Backend] = {}
+# "auto"'s order of the available backends per (device type, dtype), for the size-aware choice.
+_ORDER: dict[tuple[str, torch.dtype], list[Backend]] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -32,6 +34,7 @@ def register(backend: Backend) -> Backend:
         raise ValueError(f"a backend named {backend.name!r} is already registered")
     _BACKENDS[backend.name] = backend
     _RESOLVED.clear()
+    _ORDER.clear()
     return backend
 
 
@@ -71,15 +74,39 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [b.name for b in usable]
 
 
-def resolve(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
-    """The backend that runs a call: ``name`` itself, or for ``"auto"`` ``$BNLAB_BACKEND`` or the best one."""
+def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | None = None,
+            training: bool = True) -> Backend:
+    """The backend that runs a call: ``name`` itself, or for ``"auto"`` ``$BNLAB_BACKEND`` or the best one.
+
+    With ``numel`` (the input's element count) ``"auto"`` also honours each backend's
+    :meth:`~bnlab.kernels.base.Backend.auto_min_numel` for that size and mode, passing over a backend that is
+    only faster on larger layers; an explicit name or ``$BNLAB_BACKEND`` is never second-guessed.
+    """
     key = (name, os.environ.get(ENV_VAR, ""), device.type, dtype)
     if torch.compiler.is_compiling():
-        return _resolve(*key)  # traced once per graph; the cache would only add a global mutation
-    backend = _RESOLVED.get(key)
-    if backend is None:
-        backend = _RESOLVED[key] = _resolve(*key)
+        backend = _resolve(*key)  # traced once per graph; the cache would only add a global mutation
+    else:
+        cached = _RESOLVED.get(key)
+        if cached is None:
+            cached = _RESOLVED[key] = _resolve(*key)
+        backend = cached
+    if numel is not None and name == AUTO and not (key[1] and key[1] != AUTO):
+        backend = _by_size(backend, device, dtype, numel, training)
     return backend
+
+
+def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int, training: bool) -> Backend:
+    if numel >= best.auto_min_numel(device, dtype, training):
+        return best
+    order = _ORDER.get((device.type, dtype))
+    if order is None:
+        order = [_BACKENDS[n] for n in available_backends(device, dtype)]
+        if not torch.compiler.is_compiling():
+            _ORDER[(device.type, dtype)] = order
+    for candidate in order:  # the next ones in "auto"'s order
+        if numel >= candidate.auto_min_numel(device, dtype, training):
+            return candidate
+    return best
 
 
 def _resolve(name: str, env: str, device_type: str, dtype: torch.dtype) -> Backend:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One call for a machine with a CUDA GPU: the GPU tests, then the GPU benchmark suite, results in benchmarks/results/.
+#   bash benchmarks/gpu_check.sh [quick|full]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUITE="${1:-full}"
+OUT=benchmarks/results
+mkdir -p "$OUT"
+make setup
+PY=.venv/bin/python
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: torch sees no CUDA GPU (install a CUDA build of torch==2.13.0 first)')"
+# The Triton tests run their "cuda" cases here (the interpreter cases too); the rest of the suite for the record.
+"$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py 2>&1 | tee "$OUT/gpu-tests.txt"
+"$PY" -m benchmarks.run --device cuda --suite "$SUITE" --json "$OUT/gpu-$SUITE.json" 2>&1 | tail -n 60
+echo "gpu_check: results in $OUT/gpu-tests.txt and $OUT/gpu-$SUITE.json/.md"

@@ -1,0 +1,753 @@
+// bnlab's CPU kernels: batch norm, optionally fused with a residual add and an activation.
+//
+// Built by bnlab/kernels/cpu/build.py with the system C++ compiler (-O3 -march=native -fopenmp) and called
+// through ctypes, so it needs neither PyTorch's headers nor a Python extension toolchain.
+//
+// Two layouts, both as raw contiguous buffers:
+//   NCS: x[(n*C + c)*S + s]  (NCHW contiguous and (N, C, L) contiguous: S = H*W or L)
+//   CL : x[r*C + c], r < R = N*S  (channels_last, channels_last_3d, and (N, C), where S = 1)
+// Element types: float (code 0), double (1), bfloat16 (2), float16 (3). Statistics, parameters and their
+// gradients are float for every input narrower than double, double for double.
+//
+// Why it is faster than ATen on CPU:
+//   - statistics are taken in ONE read of x: each chunk (at most CHUNK values, from L1) gets its own mean and
+//     sum of squared deviations, merged into float64 accumulators with Chan's formula (never E[x²] − E[x]²);
+//   - NCS works one channel at a time, so the channel's values are still in L2 when the normalizing pass
+//     (forward) or the dx pass (backward) reads them again: 1 read + 1 write from memory where ATen makes four
+//     passes forward and five backward;
+//   - the residual add and the activation ride along in the same passes;
+//   - reductions and channels-last loops are written with vector types (GCC/Clang vector extensions), so partial
+//     sums and per-channel constants live in SIMD registers without -ffast-math.
+// Results are deterministic for a given thread count: work is split statically and partial results are merged
+// in thread order.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CHUNK = 2048;  // values per statistics chunk: 8 KiB of float, L1-resident for the second look
+
+enum Act : int { IDENTITY = 0, RELU = 1, LEAKY_RELU = 2, SILU = 3, ELU = 4 };
+
+// ------------------------------------------------------------------------------------------ element types
+struct bf16 { uint16_t bits; };
+
+template <class T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+inline float load(float v) { return v; }
+inline double load(double v) { return v; }
+inline float load(bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline float load(_Float16 v) { return static_cast<float>(v); }
+
+template <class T> inline T store(typename Acc<T>::type v);
+template <> inline float store<float>(float v) { return v; }
+template <> inline double store<double>(double v) { return v; }
+template <> inline bf16 store<bf16>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  // Round to nearest even; a NaN keeps a quiet-NaN pattern instead of rounding into infinity.
+  uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return bf16{static_cast<uint16_t>(v != v ? 0x7FC0u : rounded)};
+}
+template <> inline _Float16 store<_Float16>(float v) { return static_cast<_Float16>(v); }
+
+// ------------------------------------------------------------------------------------------ activations
+template <int act, class A> inline A activate(A z, A slope) {
+  switch (act) {
+    case RELU: return z > A(0) ? z : A(0);
+    case LEAKY_RELU: return z > A(0) ? z : z * slope;
+    case SILU: return z / (A(1) + std::exp(-z));
+    case ELU: return z > A(0) ? z : std::expm1(z);
+    default: return z;
+  }
+}
+
+// d act / d z, from the pre-activation z.
+template <int act, class A> inline A act_grad_from_z(A z, A slope) {
+  switch (act) {
+    case RELU: return z > A(0) ? A(1) : A(0);
+    case LEAKY_RELU: return z > A(0) ? A(1) : slope;
+    case SILU: {
+      A s = A(1) / (A(1) + std::exp(-z));
+      return s * (A(1) + z * (A(1) - s));
+    }
+    case ELU: return z > A(0) ? A(1) : std::exp(z);
+    default: return A(1);
+  }
+}
+
+// For save="output": the pre-activation z and d act / d z recovered from the output y of an invertible
+// activation (identity, leaky_relu with slope > 0, elu with α = 1).
+template <int act, class A> inline void invert(A y, A inv_slope, A slope, A& z, A& grad) {
+  if (act == LEAKY_RELU) {
+    bool pos = y > A(0);
+    z = pos ? y : y * inv_slope;
+    grad = pos ? A(1) : slope;
+  } else if (act == ELU) {
+    bool pos = y > A(0);
+    z = pos ? y : std::log1p(y);
+    grad = pos ? A(1) : y + A(1);
+  } else {
+    z = y;
+    grad = A(1);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ SIMD vectors
+// 64-byte vectors of the accumulation type (GCC/Clang vector extensions: one AVX-512 register, or two AVX2
+// ones, or whatever the target has). Accumulating in named vector variables keeps partial sums in registers,
+// and the channels-last loops keep per-channel constants in registers across rows.
+template <class A> struct Vec {
+  static constexpr int W = 64 / sizeof(A);
+  typedef A V __attribute__((vector_size(64)));
+};
+
+template <class T, class A> inline typename Vec<A>::V vload(const T* p) {
+  typename Vec<A>::V v;
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    for (int l = 0; l < Vec<A>::W; ++l) v[l] = load(p[l]);
+  }
+  return v;
+}
+
+template <class T, class A> inline void vstore(T* p, typename Vec<A>::V v) {
+  if constexpr (std::is_same_v<T, A>) {
+    std::memcpy(p, &v, sizeof v);
+  } else {
+    for (int l = 0; l < Vec<A>::W; ++l) p[l] = store<T>(v[l]);
+  }
+}
+
+template <class A> inline typename Vec<A>::V vconst(const A* p) {
+  typename Vec<A>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <class A> inline A vsum(typename Vec<A>::V v) {
+  A t = 0;
+  for (int l = 0; l < Vec<A>::W; ++l) t += v[l];
+  return t;
+}
+
+template <int ACT, class V, class A> inline V vactivate(V z, A slope) {
+  const V zero = {};
+  if constexpr (ACT == IDENTITY) {
+    return z;
+  } else if constexpr (ACT == RELU) {
+    return z > zero ? z : zero;
+  } else if constexpr (ACT == LEAKY_RELU) {
+    return z > zero ? z : z * slope;
+  } else {
+    for (int l = 0; l < int(sizeof(V) / sizeof(A)); ++l) z[l] = activate<ACT>(z[l], slope);
+    return z;
+  }
+}
+
+// The vector twin of dz_xhat below (same formulas, lane by lane).
+template <int ACT, bool FO, class V, class A>
+inline void vdz_xhat(V g, V s, V r, V mean, V invstd, V gamma, V beta, V inv_gamma, A slope, A inv_slope, V& dz,
+                     V& xhat) {
+  const V zero = {}, one = zero + A(1);
+  if constexpr (FO) {
+    V z, grad;
+    if constexpr (ACT == LEAKY_RELU) {
+      z = s > zero ? s : s * inv_slope;
+      grad = s > zero ? one : zero + slope;
+    } else if constexpr (ACT == ELU) {
+      z = s;
+      for (int l = 0; l < int(sizeof(V) / sizeof(A)); ++l) z[l] = s[l] > A(0) ? s[l] : std::log1p(s[l]);
+      grad = s > zero ? one : s + A(1);
+    } else {
+      z = s;
+      grad = one;
+    }
+    dz = g * grad;
+    xhat = (z - beta - r) * inv_gamma;
+  } else {
+    xhat = (s - mean) * invstd;
+    if constexpr (ACT == IDENTITY) {
+      dz = g;
+    } else if constexpr (ACT == RELU) {
+      V z = xhat * gamma + beta + r;
+      dz = z > zero ? g : zero;
+    } else if constexpr (ACT == LEAKY_RELU) {
+      V z = xhat * gamma + beta + r;
+      dz = z > zero ? g : g * slope;
+    } else {
+      V z = xhat * gamma + beta + r;
+      dz = g;
+      for (int l = 0; l < int(sizeof(V) / sizeof(A)); ++l) dz[l] = g[l] * act_grad_from_z<ACT>(z[l], slope);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ statistics
+// Running (count, mean, M2) in float64, merged with Chan, Golub and LeVeque's pairwise update.
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+  void merge(double n, double m, double s) {
+    if (n == 0) return;
+    double total = count + n, delta = m - mean;
+    mean += delta * (n / total);
+    m2 += s + delta * delta * (count * n / total);
+    count = total;
+  }
+};
+
+// Adds a run of values into two vector accumulators and a scalar for the tail (two vectors hide the latency of
+// the additions). With DEVIATIONS it adds d = x − m into (v0, t0) and d² into (v1, t1) instead.
+template <bool DEVIATIONS, class T, class A>
+inline void run_sums(const T* p, int64_t len, A m, typename Vec<A>::V& v0, typename Vec<A>::V& v1, A& t0, A& t1) {
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
+  int64_t i = 0;
+  if (DEVIATIONS) {
+    for (; i + W <= len; i += W) {
+      V d = vload<T, A>(p + i) - m;
+      v0 += d;
+      v1 += d * d;
+    }
+    for (; i < len; ++i) {
+      A d = load(p[i]) - m;
+      t0 += d;
+      t1 += d * d;
+    }
+    return;
+  }
+  for (; i + 2 * W <= len; i += 2 * W) {
+    v0 += vload<T, A>(p + i);
+    v1 += vload<T, A>(p + i + W);
+  }
+  if (i + W <= len) {
+    v0 += vload<T, A>(p + i);
+    i += W;
+  }
+  for (; i < len; ++i) t0 += load(p[i]);
+}
+
+// Moments of channel c of an NCS tensor. Its N runs of S values are taken in groups of about CHUNK values: each
+// group's mean, then its squared deviations from that mean (a second look, from L1), merged with Chan's formula.
+template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C, int64_t S, int64_t c) {
+  using A = typename Acc<T>::type;
+  Moments mo;
+  const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
+  for (int64_t n0 = 0; n0 < N; n0 += runs_per_group) {
+    const int64_t n1 = n0 + runs_per_group < N ? n0 + runs_per_group : N;
+    for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
+      const int64_t len = S - s0 < CHUNK ? S - s0 : CHUNK;
+      typename Vec<A>::V v0 = {}, v1 = {};
+      A t0 = 0, t1 = 0;
+      for (int64_t n = n0; n < n1; ++n) run_sums<false>(x + (n * C + c) * S + s0, len, A(0), v0, v1, t0, t1);
+      const double count = double(len * (n1 - n0));
+      // A first estimate of the group's mean, then deviations from it: their sum corrects the mean to well
+      // below the input type's resolution (which matters when the mean dwarfs the spread), their squares give M2.
+      const A m = A(double(vsum<A>(v0 + v1) + t0) / count);
+      v0 = v1 = typename Vec<A>::V{};
+      t0 = t1 = 0;
+      for (int64_t n = n0; n < n1; ++n) run_sums<true>(x + (n * C + c) * S + s0, len, m, v0, v1, t0, t1);
+      const double dsum = double(vsum<A>(v0) + t0), dsq = double(vsum<A>(v1) + t1);
+      mo.merge(count, double(m) + dsum / count, dsq - dsum * dsum / count);
+    }
+  }
+  return mo;
+}
+
+// Rows [r0, r1) of a channels-last tensor: per-channel count, mean and M2 (into mean/m2, (C,) float64).
+// One streaming pass, row after row: sums of x − K and (x − K)² with a per-channel shift K, the mean of the first
+// few rows, so K is within a fraction of a standard deviation of the mean and M2 = Σ(x−K)² − (Σ(x−K))²/n does not
+// cancel. The sums are kept in float for blocks of at most BLOCK_ROWS rows and carried in float64 across blocks.
+constexpr int64_t BLOCK_ROWS = 256, SHIFT_ROWS = 16;
+
+template <class T>
+void rows_moments_cl(const T* x, int64_t C, int64_t r0, int64_t r1, double* count, double* mean, double* m2) {
+  using A = typename Acc<T>::type;
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
+  const int64_t Cv = C / W * W, n = r1 - r0;
+  *count = double(n);
+  if (n == 0) return;
+  std::vector<A> shift(C, A(0)), b1(C), b2(C);
+  std::vector<double> s1(C, 0.0), s2(C, 0.0);
+  const int64_t head = n < SHIFT_ROWS ? n : SHIFT_ROWS;
+  for (int64_t r = r0; r < r0 + head; ++r)
+    for (int64_t c = 0; c < C; ++c) shift[c] += load(x[r * C + c]);
+  for (int64_t c = 0; c < C; ++c) shift[c] /= A(head);
+  A *k = shift.data(), *p1 = b1.data(), *p2 = b2.data();
+  for (int64_t q0 = r0; q0 < r1; q0 += BLOCK_ROWS) {
+    const int64_t q1 = q0 + BLOCK_ROWS < r1 ? q0 + BLOCK_ROWS : r1;
+    std::fill(b1.begin(), b1.end(), A(0));
+    std::fill(b2.begin(), b2.end(), A(0));
+    for (int64_t r = q0; r < q1; ++r) {
+      const T* row = x + r * C;
+      for (int64_t c = 0; c < Cv; c += W) {
+        V d = vload<T, A>(row + c) - vconst(k + c);
+        V a1 = vconst(p1 + c) + d, a2 = vconst(p2 + c) + d * d;
+        std::memcpy(p1 + c, &a1, sizeof a1);
+        std::memcpy(p2 + c, &a2, sizeof a2);
+      }
+      for (int64_t c = Cv; c < C; ++c) {
+        A d = load(row[c]) - k[c];
+        p1[c] += d;
+        p2[c] += d * d;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += double(p1[c]);
+      s2[c] += double(p2[c]);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = s1[c] / double(n);
+    mean[c] = double(k[c]) + d;
+    m2[c] = s2[c] - s1[c] * d;
+    if (m2[c] < 0) m2[c] = 0;  // rounding can leave −0.0…; a variance is never negative
+  }
+}
+
+// Static split of [0, total) among nt threads: thread t gets [begin, end).
+inline void split(int64_t total, int nt, int t, int64_t& begin, int64_t& end) {
+  int64_t q = total / nt, r = total % nt;
+  begin = t * q + (t < r ? t : r);
+  end = begin + q + (t < r ? 1 : 0);
+}
+
+template <class T, class A>
+void finish_stats(const Moments& mo, double eps, A* mean_out, A* invstd_out, A* var_out, int64_t c) {
+  double var = mo.m2 / mo.count;
+  mean_out[c] = A(mo.mean);
+  var_out[c] = A(var);
+  invstd_out[c] = A(1.0 / std::sqrt(var + eps));
+}
+
+// ------------------------------------------------------------------------------------------ elementwise
+// y = act(x·scale + shift (+ r)) over a contiguous run sharing one channel.
+template <class T, int ACT, bool RES, class A>
+inline void affine_act_run(const T* x, const T* r, T* y, int64_t len, A scale, A shift, A slope) {
+  for (int64_t i = 0; i < len; ++i) {
+    A z = load(x[i]) * scale + shift;
+    if (RES) z += load(r[i]);
+    y[i] = store<T>(activate<ACT>(z, slope));
+  }
+}
+
+// Rows [r0, r1) of a channels-last tensor: y = act(x·scale[c] + shift[c] (+ r)), row after row. (Walking down
+// the rows W channels at a time would keep scale and shift in registers, but page-aligned x and y then alias
+// in the store buffer every 4 KiB, which costs more than reloading the constants from L1.)
+template <class T, int ACT, bool RES, class A>
+void affine_act_rows(const T* x, const T* res, T* y, int64_t C, int64_t r0, int64_t r1, const A* scale,
+                     const A* shift, A slope) {
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
+  const int64_t Cv = C / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    for (int64_t c = 0; c < Cv; c += W) {
+      V z = vload<T, A>(xr + c) * vconst(scale + c) + vconst(shift + c);
+      if (RES) z += vload<T, A>(res + r * C + c);
+      vstore<T, A>(yr + c, vactivate<ACT>(z, slope));
+    }
+    for (int64_t c = Cv; c < C; ++c) {
+      A z = load(xr[c]) * scale[c] + shift[c];
+      if (RES) z += load(res[r * C + c]);
+      yr[c] = store<T>(activate<ACT>(z, slope));
+    }
+  }
+}
+
+template <class A> inline A param(const A* p, int64_t c, A fallback) { return p ? p[c] : fallback; }
+
+// ------------------------------------------------------------------------------------------ forward, train
+template <class T, int ACT, bool RES>
+void forward_train(const T* x, const T* res, T* y, const typename Acc<T>::type* w, const typename Acc<T>::type* b,
+                   int64_t N, int64_t C, int64_t S, int layout, double eps, double slope_d,
+                   typename Acc<T>::type* mean_out, typename Acc<T>::type* invstd_out,
+                   typename Acc<T>::type* var_out, int nt) {
+  using A = typename Acc<T>::type;
+  const A slope = A(slope_d);
+  if (layout == 0) {
+    // One channel at a time: statistics, then the normalizing pass while the channel is still in cache.
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      Moments mo = channel_moments_ncs(x, N, C, S, c);
+      finish_stats<T, A>(mo, eps, mean_out, invstd_out, var_out, c);
+      A scale = param(w, c, A(1)) * invstd_out[c];
+      A shift = param(b, c, A(0)) - mean_out[c] * scale;
+      for (int64_t n = 0; n < N; ++n) {
+        int64_t off = (n * C + c) * S;
+        affine_act_run<T, ACT, RES, A>(x + off, RES ? res + off : nullptr, y + off, S, scale, shift, slope);
+      }
+    }
+    return;
+  }
+  const int64_t R = N * S;
+  std::vector<double> cnt(nt, 0.0), mean(size_t(nt) * C, 0.0), m2(size_t(nt) * C, 0.0);
+  std::vector<A> scale(C), shift(C);
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), team = omp_get_num_threads();
+    int64_t r0, r1;
+    split(R, team, t, r0, r1);
+    rows_moments_cl(x, C, r0, r1, &cnt[t], &mean[size_t(t) * C], &m2[size_t(t) * C]);
+#pragma omp barrier
+#pragma omp single
+    {
+      // Merge the threads' moments in thread order: the same rounding every run.
+      std::vector<Moments> mo(C);
+      for (int u = 0; u < team; ++u)
+        for (int64_t c = 0; c < C; ++c) mo[c].merge(cnt[u], mean[size_t(u) * C + c], m2[size_t(u) * C + c]);
+      for (int64_t c = 0; c < C; ++c) {
+        finish_stats<T, A>(mo[c], eps, mean_out, invstd_out, var_out, c);
+        scale[c] = param(w, c, A(1)) * invstd_out[c];
+        shift[c] = param(b, c, A(0)) - mean_out[c] * scale[c];
+      }
+    }
+    affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ forward, eval
+template <class T, int ACT, bool RES>
+void forward_eval(const T* x, const T* res, T* y, const typename Acc<T>::type* rm, const typename Acc<T>::type* rv,
+                  const typename Acc<T>::type* w, const typename Acc<T>::type* b, int64_t N, int64_t C, int64_t S,
+                  int layout, double eps, double slope_d, int nt) {
+  using A = typename Acc<T>::type;
+  const A slope = A(slope_d);
+  std::vector<A> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    A invstd = A(1.0 / std::sqrt(double(rv[c]) + eps));
+    scale[c] = param(w, c, A(1)) * invstd;
+    shift[c] = param(b, c, A(0)) - rm[c] * scale[c];
+  }
+  if (layout == 0) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      int64_t c = nc % C, off = nc * S;
+      affine_act_run<T, ACT, RES, A>(x + off, RES ? res + off : nullptr, y + off, S, scale[c], shift[c], slope);
+    }
+    return;
+  }
+  const int64_t R = N * S;
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t r0, r1;
+    split(R, omp_get_num_threads(), omp_get_thread_num(), r0, r1);
+    affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ backward
+// dz = ∂ℓ/∂z and x̂ at one element, where z = γx̂ + β (+ r) is the pre-activation. src is x (FO = false: x̂ from
+// the saved statistics, z recomputed) or the output y (FO = true: z and act'(z) recovered by inversion).
+template <int ACT, bool FO, class A>
+inline void dz_xhat(A g, A s, A r, A mean, A invstd, A gamma, A beta, A inv_gamma, A slope, A inv_slope, A& dz,
+                    A& xhat) {
+  if (FO) {
+    A z, grad;
+    invert<ACT>(s, inv_slope, slope, z, grad);
+    dz = g * grad;
+    xhat = (z - beta - r) * inv_gamma;
+  } else {
+    xhat = (s - mean) * invstd;
+    dz = ACT == IDENTITY ? g : g * act_grad_from_z<ACT>(xhat * gamma + beta + r, slope);
+  }
+}
+
+// Per-channel constants of the backward pass, as arrays so the channels-last loops vectorize over c.
+template <class A> struct BwdConstants {
+  std::vector<A> mean, invstd, gamma, beta, inv_gamma;
+  BwdConstants(const A* m, const A* is, const A* w, const A* b, int64_t C)
+      : mean(m, m + C), invstd(is, is + C), gamma(C), beta(C), inv_gamma(C) {
+    for (int64_t c = 0; c < C; ++c) {
+      gamma[c] = param(w, c, A(1));
+      beta[c] = param(b, c, A(0));
+      inv_gamma[c] = A(1) / gamma[c];
+    }
+  }
+};
+
+// Σdz and Σdz·x̂ of a run of one channel: vector accumulators for the body, scalars for the tail.
+template <class T, int ACT, bool RES, bool FO, class A>
+inline void grad_run_sums(const T* g, const T* s, const T* r, int64_t len, A mean, A invstd, A gamma, A beta, A ig,
+                          A slope, A inv_slope, typename Vec<A>::V& v1, typename Vec<A>::V& v2, A& t1, A& t2) {
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
+  const V zero = {}, vm = zero + mean, vi = zero + invstd, vg = zero + gamma, vb = zero + beta, vig = zero + ig;
+  int64_t i = 0;
+  for (; i + W <= len; i += W) {
+    V dz, xh;
+    vdz_xhat<ACT, FO>(vload<T, A>(g + i), vload<T, A>(s + i), RES ? vload<T, A>(r + i) : zero, vm, vi, vg, vb, vig,
+                      slope, inv_slope, dz, xh);
+    v1 += dz;
+    v2 += dz * xh;
+  }
+  for (; i < len; ++i) {
+    A dz, xh;
+    dz_xhat<ACT, FO>(load(g[i]), load(s[i]), RES ? load(r[i]) : A(0), mean, invstd, gamma, beta, ig, slope, inv_slope,
+                     dz, xh);
+    t1 += dz;
+    t2 += dz * xh;
+  }
+}
+
+template <class T, int ACT, bool RES, bool FO>
+void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::type* w,
+              const typename Acc<T>::type* b, const typename Acc<T>::type* mean, const typename Acc<T>::type* invstd,
+              int64_t N, int64_t C, int64_t S, int layout, double slope_d, T* dx, T* dres,
+              typename Acc<T>::type* dw, typename Acc<T>::type* db, int nt) {
+  using A = typename Acc<T>::type;
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
+  const A slope = A(slope_d), inv_slope = slope_d != 0 ? A(1.0 / slope_d) : A(0);
+  const BwdConstants<A> k(mean, invstd, w, b, C);
+  const A *km = k.mean.data(), *ki = k.invstd.data(), *kg = k.gamma.data(), *kb = k.beta.data(),
+          *kig = k.inv_gamma.data();
+  const double m = double(N * S);
+  if (layout == 0) {
+    const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double sdz = 0, sdzx = 0;
+      for (int64_t n0 = 0; n0 < N; n0 += runs_per_group) {
+        const int64_t n1 = n0 + runs_per_group < N ? n0 + runs_per_group : N;
+        for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
+          const int64_t len = S - s0 < CHUNK ? S - s0 : CHUNK;
+          V v1 = {}, v2 = {};
+          A t1 = 0, t2 = 0;
+          for (int64_t n = n0; n < n1; ++n) {
+            const int64_t off = (n * C + c) * S + s0;
+            grad_run_sums<T, ACT, RES, FO>(dy + off, src + off, RES ? res + off : nullptr, len, km[c], ki[c], kg[c],
+                                           kb[c], kig[c], slope, inv_slope, v1, v2, t1, t2);
+          }
+          sdz += double(vsum<A>(v1) + t1);
+          sdzx += double(vsum<A>(v2) + t2);
+        }
+      }
+      db[c] = A(sdz);
+      dw[c] = A(sdzx);
+      // The dx pass reads the channel again, from L2 when it fits there.
+      const A scale = kg[c] * ki[c], a1 = A(sdz / m), a2 = A(sdzx / m);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t off = (n * C + c) * S;
+        const T *g = dy + off, *s = src + off, *r = RES ? res + off : nullptr;
+        T* o = dx + off;
+        T* o2 = dres ? dres + off : nullptr;
+        const V zero = {};
+        int64_t i = 0;
+        for (; i + W <= S; i += W) {
+          V dz, xh;
+          vdz_xhat<ACT, FO>(vload<T, A>(g + i), vload<T, A>(s + i), RES ? vload<T, A>(r + i) : zero, zero + km[c],
+                            zero + ki[c], zero + kg[c], zero + kb[c], zero + kig[c], slope, inv_slope, dz, xh);
+          vstore<T, A>(o + i, scale * (dz - a1 - xh * a2));
+          if (o2) vstore<T, A>(o2 + i, dz);
+        }
+        for (; i < S; ++i) {
+          A dz, xh;
+          dz_xhat<ACT, FO>(load(g[i]), load(s[i]), RES ? load(r[i]) : A(0), km[c], ki[c], kg[c], kb[c], kig[c], slope,
+                           inv_slope, dz, xh);
+          o[i] = store<T>(scale * (dz - a1 - xh * a2));
+          if (o2) o2[i] = store<T>(dz);
+        }
+      }
+    }
+    return;
+  }
+  // Channels-last: each thread reduces its rows (float sums per block of rows, float64 across blocks), the
+  // partial sums are merged in thread order, then each thread writes its rows' dx.
+  const int64_t R = N * S, Cv = C / W * W;
+  std::vector<double> part1(size_t(nt) * C, 0.0), part2(size_t(nt) * C, 0.0);
+  std::vector<A> a1(C), a2(C), scale(C);
+  const V zero = {};
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), team = omp_get_num_threads();
+    int64_t r0, r1;
+    split(R, team, t, r0, r1);
+    double *p1 = &part1[size_t(t) * C], *p2 = &part2[size_t(t) * C];
+    std::vector<A> b1(C), b2(C);
+    A *s1 = b1.data(), *s2 = b2.data();
+    for (int64_t q0 = r0; q0 < r1; q0 += BLOCK_ROWS) {
+      const int64_t q1 = q0 + BLOCK_ROWS < r1 ? q0 + BLOCK_ROWS : r1;
+      std::fill(b1.begin(), b1.end(), A(0));
+      std::fill(b2.begin(), b2.end(), A(0));
+      for (int64_t r = q0; r < q1; ++r) {
+        const int64_t o = r * C;
+        for (int64_t c = 0; c < Cv; c += W) {
+          V dz, xh;
+          vdz_xhat<ACT, FO>(vload<T, A>(dy + o + c), vload<T, A>(src + o + c), RES ? vload<T, A>(res + o + c) : zero,
+                            vconst(km + c), vconst(ki + c), vconst(kg + c), vconst(kb + c), vconst(kig + c), slope,
+                            inv_slope, dz, xh);
+          V a1 = vconst(s1 + c) + dz, a2 = vconst(s2 + c) + dz * xh;
+          std::memcpy(s1 + c, &a1, sizeof a1);
+          std::memcpy(s2 + c, &a2, sizeof a2);
+        }
+        for (int64_t c = Cv; c < C; ++c) {
+          A dz, xh;
+          dz_xhat<ACT, FO>(load(dy[o + c]), load(src[o + c]), RES ? load(res[o + c]) : A(0), km[c], ki[c], kg[c],
+                           kb[c], kig[c], slope, inv_slope, dz, xh);
+          s1[c] += dz;
+          s2[c] += dz * xh;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        p1[c] += double(s1[c]);
+        p2[c] += double(s2[c]);
+      }
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      // Thread partial sums merged in thread order: the same rounding every run.
+      for (int64_t c = 0; c < C; ++c) {
+        double t1 = 0, t2 = 0;
+        for (int u = 0; u < team; ++u) {
+          t1 += part1[size_t(u) * C + c];
+          t2 += part2[size_t(u) * C + c];
+        }
+        db[c] = A(t1);
+        dw[c] = A(t2);
+        a1[c] = A(t1 / m);
+        a2[c] = A(t2 / m);
+        scale[c] = kg[c] * ki[c];
+      }
+    }
+    const A *pa1 = a1.data(), *pa2 = a2.data(), *psc = scale.data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t o = r * C;
+      for (int64_t c = 0; c < Cv; c += W) {
+        V dz, xh;
+        vdz_xhat<ACT, FO>(vload<T, A>(dy + o + c), vload<T, A>(src + o + c), RES ? vload<T, A>(res + o + c) : zero,
+                          vconst(km + c), vconst(ki + c), vconst(kg + c), vconst(kb + c), vconst(kig + c), slope,
+                          inv_slope, dz, xh);
+        vstore<T, A>(dx + o + c, vconst(psc + c) * (dz - vconst(pa1 + c) - xh * vconst(pa2 + c)));
+        if (dres) vstore<T, A>(dres + o + c, dz);
+      }
+      for (int64_t c = Cv; c < C; ++c) {
+        A dz, xh;
+        dz_xhat<ACT, FO>(load(dy[o + c]), load(src[o + c]), RES ? load(res[o + c]) : A(0), km[c], ki[c], kg[c], kb[c],
+                         kig[c], slope, inv_slope, dz, xh);
+        dx[o + c] = store<T>(psc[c] * (dz - pa1[c] - xh * pa2[c]));
+        if (dres) dres[o + c] = store<T>(dz);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ dispatch
+// Runtime (dtype, activation, residual, from-output) to template instantiations. The from-output path exists
+// only for the invertible activations.
+template <template <class, int, bool> class F, class... Args>
+int dispatch3(int dtype, int act, bool res, Args... args) {
+#define BNLAB_RES(T, ACT) (res ? F<T, ACT, true>::run(args...) : F<T, ACT, false>::run(args...))
+#define BNLAB_ACT(T)                                          \
+  switch (act) {                                              \
+    case IDENTITY: BNLAB_RES(T, IDENTITY); return 0;          \
+    case RELU: BNLAB_RES(T, RELU); return 0;                  \
+    case LEAKY_RELU: BNLAB_RES(T, LEAKY_RELU); return 0;      \
+    case SILU: BNLAB_RES(T, SILU); return 0;                  \
+    case ELU: BNLAB_RES(T, ELU); return 0;                    \
+    default: return 2;                                        \
+  }
+  switch (dtype) {
+    case 0: BNLAB_ACT(float)
+    case 1: BNLAB_ACT(double)
+    case 2: BNLAB_ACT(bf16)
+    case 3: BNLAB_ACT(_Float16)
+    default: return 1;
+  }
+#undef BNLAB_ACT
+#undef BNLAB_RES
+}
+
+template <class T, int ACT, bool RES> struct TrainCall {
+  using A = typename Acc<T>::type;
+  static void run(const void* x, const void* res, void* y, const void* w, const void* b, int64_t N, int64_t C,
+                  int64_t S, int layout, double eps, double slope, void* mean, void* invstd, void* var, int nt) {
+    forward_train<T, ACT, RES>(static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(y),
+                               static_cast<const A*>(w), static_cast<const A*>(b), N, C, S, layout, eps, slope,
+                               static_cast<A*>(mean), static_cast<A*>(invstd), static_cast<A*>(var), nt);
+  }
+};
+
+template <class T, int ACT, bool RES> struct EvalCall {
+  using A = typename Acc<T>::type;
+  static void run(const void* x, const void* res, void* y, const void* rm, const void* rv, const void* w,
+                  const void* b, int64_t N, int64_t C, int64_t S, int layout, double eps, double slope, int nt) {
+    forward_eval<T, ACT, RES>(static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(y),
+                              static_cast<const A*>(rm), static_cast<const A*>(rv), static_cast<const A*>(w),
+                              static_cast<const A*>(b), N, C, S, layout, eps, slope, nt);
+  }
+};
+
+template <class T, int ACT, bool RES> struct BackwardCall {
+  using A = typename Acc<T>::type;
+  static void run(const void* dy, const void* src, const void* res, const void* w, const void* b, const void* mean,
+                  const void* invstd, int64_t N, int64_t C, int64_t S, int layout, double slope, int from_output,
+                  void* dx, void* dres, void* dw, void* db, int nt) {
+    auto go = [&](auto fo) {
+      backward<T, ACT, RES, decltype(fo)::value>(
+          static_cast<const T*>(dy), static_cast<const T*>(src), static_cast<const T*>(res),
+          static_cast<const A*>(w), static_cast<const A*>(b), static_cast<const A*>(mean),
+          static_cast<const A*>(invstd), N, C, S, layout, slope, static_cast<T*>(dx), static_cast<T*>(dres),
+          static_cast<A*>(dw), static_cast<A*>(db), nt);
+    };
+    constexpr bool invertible = ACT == IDENTITY || ACT == LEAKY_RELU || ACT == ELU;
+    if constexpr (invertible) {
+      if (from_output) {
+        go(std::true_type{});
+        return;
+      }
+    }
+    go(std::false_type{});
+  }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------ C entry points
+// dtype: 0 float32, 1 float64, 2 bfloat16, 3 float16. act: 0 identity, 1 relu, 2 leaky_relu, 3 silu, 4 elu.
+// layout: 0 NCS, 1 CL. x, res, y, dy, src, dx, dres are element buffers of that layout (res, dres may be null);
+// w and b may be null (γ = 1, β = 0); every other pointer is a (C,) vector in the accumulation type.
+// Each returns 0, or 1 for an unknown dtype, 2 for an unknown activation, 3 for from_output with a
+// non-invertible activation.
+extern "C" {
+
+int bnlab_abi_version() { return 1; }
+
+int bnlab_forward_train(int dtype, const void* x, const void* res, void* y, const void* w, const void* b, int64_t N,
+                        int64_t C, int64_t S, int layout, double eps, int act, double slope, void* mean,
+                        void* invstd, void* var, int nt) {
+  return dispatch3<TrainCall>(dtype, act, res != nullptr, x, res, y, w, b, N, C, S, layout, eps, slope, mean,
+                              invstd, var, nt);
+}
+
+int bnlab_forward_eval(int dtype, const void* x, const void* res, void* y, const void* rm, const void* rv,
+                       const void* w, const void* b, int64_t N, int64_t C, int64_t S, int layout, double eps, int act,
+                       double slope, int nt) {
+  return dispatch3<EvalCall>(dtype, act, res != nullptr, x, res, y, rm, rv, w, b, N, C, S, layout, eps, slope, nt);
+}
+
+int bnlab_backward(int dtype, const void* dy, const void* src, const void* res, const void* w, const void* b,
+                   const void* mean, const void* invstd, int64_t N, int64_t C, int64_t S, int layout, int act,
+                   double slope, int from_output, void* dx, void* dres, void* dw, void* db, int nt) {
+  if (from_output && !(act == IDENTITY || act == LEAKY_RELU || act == ELU)) return 3;
+  return dispatch3<BackwardCall>(dtype, act, res != nullptr, dy, src, res, w, b, mean, invstd, N, C, S, layout,
+                                 slope, from_output, dx, dres, dw, db, nt);
+}
+
+}  // extern "C"

@@ -1,0 +1,142 @@
+"""Compile ``bnlab_cpu.cpp`` on first use and load it with ctypes.
+
+The library needs only a C++17 compiler with OpenMP (g++ or clang++; ``$CXX`` picks one): no PyTorch headers,
+so a build takes seconds-to-a-minute instead of minutes, and a missing compiler is a clean fallback rather than
+an import error. The result is cached under ``$BNLAB_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bnlab`` or
+``~/.cache/bnlab``), keyed by a hash of the source, the compiler's version, the flags and this CPU's feature
+flags (the code is built with ``-march=native``), so a cached build is never run on a machine it was not made
+for. Concurrent first uses wait on a file lock instead of compiling twice.
+
+Where the library cannot be built or loaded, :func:`load` returns None, :func:`failure_reason` says why, and
+the reason is logged once (logger ``bnlab.kernels.cpu``) instead of raising.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("bnlab.kernels.cpu")
+
+SOURCE = Path(__file__).with_name("bnlab_cpu.cpp")
+ABI_VERSION = 1
+BASE_FLAGS = ("-O3", "-std=gnu++17", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno")
+# -march=native first; a compiler or assembler that cannot target this CPU gets the generic x86-64/aarch64 build.
+ARCH_FLAGS = (("-march=native",), ())
+COMPILE_TIMEOUT_S = 600
+
+_state: dict[str, object] = {}  # "lib": the loaded CDLL, or "reason": why there is none
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept: $BNLAB_CACHE_DIR, else $XDG_CACHE_HOME/bnlab, else ~/.cache/bnlab."""
+    explicit = os.environ.get("BNLAB_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bnlab"
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _build_key(compiler: str) -> str:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version.encode(), " ".join(BASE_FLAGS).encode(), _cpu_flags().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _compile(compiler: str, target: Path) -> None:
+    errors = []
+    for arch in ARCH_FLAGS:
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        cmd = [compiler, *BASE_FLAGS, *arch, str(SOURCE), "-o", str(partial)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        if proc.returncode == 0:
+            os.replace(partial, target)  # atomic: a reader sees the old state or a complete library
+            return
+        partial.unlink(missing_ok=True)
+        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-800:]}")
+    raise RuntimeError("compiling the CPU kernels failed: " + " | ".join(errors))
+
+
+def _build_and_load() -> ctypes.CDLL:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set $CXX, or install g++: apt-get install g++)")
+    directory = cache_dir() / "cpu-kernels"
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"bnlab_cpu-{_build_key(compiler)}.so"
+    if not target.exists():
+        with open(directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the library built
+            if not target.exists():
+                logger.info("bnlab: compiling the CPU kernels into %s (once per machine and version)", target)
+                _compile(compiler, target)
+    # torch is imported first, so libgomp.so.1 resolves to the OpenMP runtime torch already loaded: one thread
+    # pool for both, instead of two pools competing for the same cores.
+    import torch  # noqa: F401
+
+    lib = ctypes.CDLL(str(target))
+    if lib.bnlab_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{target} has ABI version {lib.bnlab_abi_version()}, expected {ABI_VERSION}")
+    _declare(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    lib.bnlab_forward_train.argtypes = [i32, p, p, p, p, p, i64, i64, i64, i32, f64, i32, f64, p, p, p, i32]
+    lib.bnlab_forward_eval.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i32, f64, i32, f64, i32]
+    lib.bnlab_backward.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i32, i32, f64, i32, p, p, p, p, i32]
+    for fn in (lib.bnlab_forward_train, lib.bnlab_forward_eval, lib.bnlab_backward):
+        fn.restype = i32
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, building it on the first call; None (reason logged once) where it cannot be had."""
+    if "lib" in _state:
+        return _state["lib"]  # type: ignore[return-value]
+    if "reason" in _state:
+        return None
+    try:
+        lib = _build_and_load()
+    except Exception as exc:  # any failure to build or load means "fall back", never a crash
+        reason = f"{type(exc).__name__}: {exc}"
+        _state["reason"] = reason
+        logger.warning("bnlab: the 'cpu' batch-norm backend is unavailable, falling back: %s", reason)
+        return None
+    _state["lib"] = lib
+    return lib
+
+
+def failure_reason() -> str | None:
+    """Why :func:`load` returned None, or None if it has not failed."""
+    reason = _state.get("reason")
+    return None if reason is None else str(reason)

@@ -1,0 +1,232 @@
+"""The ``triton`` backend: batch norm (fused with a residual and an activation) as Triton kernels, for the GPU.
+
+Where it runs: on CUDA when ``triton`` imports; on CPU tensors only under Triton's interpreter
+(``TRITON_INTERPRET=1``), which is how CI tests these kernels against the reference without a GPU.
+Dtypes: float32, float16, bfloat16 (statistics and arithmetic in float32); float64 is left to ``native``.
+
+Launch plans are chosen per shape by :func:`plan` (cached; no autotuning on the caller's critical path):
+channel blocks follow the contiguous dimension (wide blocks of channels for channels_last, long runs of M for
+NCHW), and the training passes either read each channel block once (it fits in registers) or split M over
+several programs whose partial results are merged in a fixed order, so two runs give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackend, FusedBackward
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ONE_PASS_MAX = 8192  # values per program (BLOCK_C × BLOCK_M) that still fit in registers for the one-pass path
+_TILE = 4096  # values per program tile in the split path
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    # Looked up, not imported: importing triton on a CPU-only machine before TRITON_INTERPRET=1 is set would
+    # build its language in compiled mode, and the interpreter could not run in that process afterwards.
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed; pip install triton (or bnlab[triton])"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class Plan(NamedTuple):
+    """How a (C, M, layout) problem is launched."""
+
+    block_c: int
+    block_m: int
+    one_pass: bool
+    splits: int
+    m_per_split: int
+
+
+@functools.lru_cache(maxsize=1024)
+def plan(C: int, M: int, channels_contiguous: bool, programs_wanted: int) -> Plan:
+    """The launch plan of a shape, cached per shape.
+
+    channels_contiguous (channels_last, or (N, C)): a tile spans up to 64 adjacent channels, so loads are
+    coalesced along C; otherwise (NCHW) a tile is a few channels × a long run of M.
+    """
+    block_c = min(_next_pow2(C), 64) if channels_contiguous else min(_next_pow2(C), 4 if M >= 1024 else 16)
+    if block_c * _next_pow2(M) <= _ONE_PASS_MAX:
+        return Plan(block_c, _next_pow2(M), True, 1, M)
+    block_m = max(16, _TILE // block_c)
+    c_blocks = math.ceil(C / block_c)
+    # Enough (channel block, split) programs to fill the machine, each with at least a few tiles of work.
+    splits = max(1, min(math.ceil(M / (4 * block_m)), math.ceil(programs_wanted / c_blocks)))
+    m_per_split = math.ceil(math.ceil(M / splits) / block_m) * block_m
+    return Plan(block_c, block_m, False, math.ceil(M / m_per_split), m_per_split)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs_wanted(device_index: int) -> int:
+    if not torch.cuda.is_available():
+        return 4  # the interpreter: few programs, each one a Python loop
+    return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+class _View:
+    """A tensor as (N, C, S) with strides (sN, sC, sS), in the memory format the outputs will have."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.fmt = memory_format_of(x)
+        self.N, self.C = x.shape[0], x.shape[1]
+        self.S = math.prod(x.shape[2:])
+        self.M = self.N * self.S
+
+    def arrange(self, t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=self.fmt)
+
+    def strides(self, t: Tensor) -> tuple[int, int, int]:
+        # The flat spatial index s walks the last dimension fastest: stride 1 (NCHW) or C (channels_last).
+        return t.stride(0), t.stride(1), (t.stride(-1) if t.dim() > 2 else 1)
+
+    def plan(self, t: Tensor) -> Plan:
+        channels_contiguous = t.stride(1) == 1
+        device_index = t.device.index if t.device.type == "cuda" and t.device.index is not None else 0
+        return plan(self.C, self.M, channels_contiguous, _programs_wanted(device_index))
+
+
+class TritonBackend(Backend, FusedBackend):
+    name = "triton"
+    summary = ("Triton kernels for the GPU: one-pass statistics on chip or split with a deterministic merge, "
+               "fused residual + activation; CPU only under TRITON_INTERPRET=1")
+
+    def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        if dtype not in _DTYPES:
+            return f"the Triton kernels take float32, float16 or bfloat16 inputs, got {dtype}"
+        if device.type == "cpu" and not _interpreting():
+            return "Triton kernels run on CUDA; on CPU only under the interpreter (set TRITON_INTERPRET=1)"
+        if device.type not in ("cpu", "cuda"):
+            return f"Triton kernels run on CUDA, not {device.type}"
+        return _triton_import_error()
+
+    def priority(self, device: torch.device, dtype: torch.dtype) -> int:
+        # On the GPU these kernels make fewer passes than ATen's; under the interpreter they are a test vehicle.
+        return 30 if device.type == "cuda" else -10
+
+    # --------------------------------------------------------------------------------- plain batch norm
+    def forward_train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> TrainForward:
+        return self.fused_forward_train(x, None, weight, bias, eps, "identity", 0.0)
+
+    def backward(self, grad_y: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+                 invstd: Tensor) -> TrainBackward:
+        g = self.fused_backward(grad_y, x, None, weight, None, mean, invstd, "identity", 0.0, False, False)
+        return TrainBackward(g.dx, g.dweight, g.dbias)
+
+    def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
+                     bias: Tensor | None, eps: float) -> Tensor:
+        return self.fused_forward_eval(x, None, running_mean, running_var, weight, bias, eps, "identity", 0.0)
+
+    # -------------------------------------------------------------------------------------------- fused
+    def fused_forward_train(self, x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+                            eps: float, activation: str, negative_slope: float) -> TrainForward:
+        from bnlab.kernels.triton import kernels as k
+
+        view = _View(x)
+        x = view.arrange(x)
+        res = None if residual is None else view.arrange(residual)
+        y = torch.empty_like(x, memory_format=view.fmt)
+        # Separate tensors: outputs of a custom op may not alias one another.
+        mean, invstd, var = (torch.empty(view.C, dtype=torch.float32, device=x.device) for _ in range(3))
+        p = view.plan(x)
+        c_blocks = math.ceil(view.C / p.block_c)
+        flags = _flags(activation, res, weight, bias)
+        w, b = _param(weight, x), _param(bias, x)
+        common = (view.C, view.S, view.M, *view.strides(x))
+        if p.one_pass:
+            k._forward_one_pass[(c_blocks,)](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
+                                            negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            return TrainForward(y, mean, invstd, var)
+        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=x.device)
+        counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
+        k._stats_partial[(c_blocks, p.splits)](x, counts, partial[0], partial[1], *common, p.m_per_split,
+                                               BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        k._stats_merge[(c_blocks,)](x, counts, partial[0], partial[1], mean, invstd, var, view.C, x.stride(1),
+                                    p.splits, eps, BLOCK_C=p.block_c)
+        k._normalize[(c_blocks, math.ceil(view.M / p.block_m))](
+            x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
+            BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        return TrainForward(y, mean, invstd, var)
+
+    def fused_backward(self, grad_y: Tensor, saved: Tensor, residual: Tensor | None, weight: Tensor | None,
+                       bias: Tensor | None, mean: Tensor, invstd: Tensor, activation: str, negative_slope: float,
+                       from_output: bool, need_dresidual: bool) -> FusedBackward:
+        from bnlab.kernels.triton import kernels as k
+
+        view = _View(saved)
+        saved, grad_y = view.arrange(saved), view.arrange(grad_y)
+        res = None if residual is None else view.arrange(residual)
+        dx = torch.empty_like(saved, memory_format=view.fmt)
+        dres = torch.empty_like(saved, memory_format=view.fmt) if need_dresidual else None
+        dweight, dbias = (torch.empty(view.C, dtype=torch.float32, device=saved.device) for _ in range(2))
+        p = view.plan(saved)
+        c_blocks = math.ceil(view.C / p.block_c)
+        flags = {**_flags(activation, res, weight, bias), "FROM_OUTPUT": from_output}
+        w, b = _param(weight, saved), _param(bias, saved)
+        mean, invstd = mean.contiguous(), invstd.contiguous()
+        common = (view.C, view.S, view.M, *view.strides(saved))
+        if p.one_pass:
+            k._backward_one_pass[(c_blocks,)](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd,
+                                             dweight, dbias, *common, negative_slope, **flags,
+                                             WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            return FusedBackward(dx, dres, dweight, dbias)
+        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=saved.device)
+        k._grad_partial[(c_blocks, p.splits)](grad_y, saved, _or(res, saved), w, b, mean, invstd, partial[0],
+                                              partial[1], *common, negative_slope, p.m_per_split, **flags,
+                                              BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        k._grad_merge[(c_blocks,)](partial[0], partial[1], dweight, dbias, view.C, p.splits, BLOCK_C=p.block_c)
+        k._grad_input[(c_blocks, math.ceil(view.M / p.block_m))](
+            grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd, dweight, dbias, *common,
+            negative_slope, **flags, WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        return FusedBackward(dx, dres, dweight, dbias)
+
+    def fused_forward_eval(self, x: Tensor, residual: Tensor | None, running_mean: Tensor, running_var: Tensor,
+                           weight: Tensor | None, bias: Tensor | None, eps: float, activation: str,
+                           negative_slope: float) -> Tensor:
+        from bnlab.kernels.triton import kernels as k
+
+        view = _View(x)
+        x = view.arrange(x)
+        res = None if residual is None else view.arrange(residual)
+        y = torch.empty_like(x, memory_format=view.fmt)
+        mean = running_mean.float().contiguous()
+        invstd = torch.rsqrt(running_var.float() + eps)  # (C,): a negligible op beside the elementwise pass
+        p = view.plan(x)
+        block_m = p.block_m if not p.one_pass else min(p.block_m, max(16, _TILE // p.block_c))
+        k._normalize[(math.ceil(view.C / p.block_c), math.ceil(view.M / block_m))](
+            x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C, view.S, view.M,
+            *view.strides(x), negative_slope, **_flags(activation, res, weight, bias), BLOCK_C=p.block_c,
+            BLOCK_M=block_m)
+        return y
+
+
+def _flags(activation: str, res: Tensor | None, weight: Tensor | None, bias: Tensor | None) -> dict[str, Any]:
+    return {"ACT": ACTIVATION_CODES[activation], "HAS_RES": res is not None, "HAS_W": weight is not None,
+            "HAS_B": bias is not None}
+
+
+def _param(t: Tensor | None, like: Tensor) -> Tensor:
+    # A (C,) float32 parameter, or a dummy pointer when absent (the kernel's HAS_W / HAS_B flag skips it).
+    return t.float().contiguous() if t is not None else like.new_empty(1, dtype=torch.float32)
+
+
+def _or(t: Tensor | None, fallback: Tensor) -> Tensor:
+    # An absent optional tensor is passed as some valid pointer; its constexpr flag keeps the kernel off it.
+    return fallback if t is None else t

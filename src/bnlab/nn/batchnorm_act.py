@@ -1,0 +1,73 @@
+"""``BatchNormAct1d/2d/3d``: batch norm, an optional residual add and an activation in one layer.
+
+``forward(x, residual=None)`` returns act(BN(x) + residual). The classes subclass bnlab's (hence torch's)
+BatchNorm modules and keep their buffers and state_dict keys, so a ``torch.nn.BatchNorm2d`` checkpoint loads
+into a ``BatchNormAct2d``. What is saved for backward, and the γ = 0 rule of ``save="output"``, are described in
+:mod:`bnlab.fused`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from bnlab import _stats
+from bnlab._checks import check_input_rank
+from bnlab.fused import _batch_norm_act, check_act_args
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
+
+
+class _ActMixin:
+    """What the fused layers add to bnlab's BatchNorm: an activation, a save mode and a residual input."""
+
+    activation: str
+    negative_slope: float
+    save: str
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+                 activation: str = "relu", negative_slope: float = 0.01, save: str = "input",
+                 backend: str = "auto", **kwargs: Any) -> None:
+        check_act_args(activation, negative_slope, save)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,  # type: ignore[call-arg]
+                         device, dtype, backend=backend, **kwargs)
+        self.activation, self.negative_slope, self.save = activation, float(negative_slope), save
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        """act(BN(input) + residual); residual is None or a tensor of input's shape, dtype and device."""
+        m: Any = self
+        check_input_rank(input, m._bnlab_ranks, type(self).__name__)
+        # The same steps as torch's _BatchNorm.forward (see bnlab.nn.batchnorm._module_forward).
+        factor: float | Tensor = 0.0 if m.momentum is None else m.momentum
+        if m.training and m.track_running_stats and m.num_batches_tracked is not None:
+            factor = _stats.advance(m.num_batches_tracked, m.momentum)
+        use_batch_stats = m.training or (m.running_mean is None and m.running_var is None)
+        keep_buffers = not m.training or m.track_running_stats
+        return _batch_norm_act(
+            input,
+            m.running_mean if keep_buffers else None,
+            m.running_var if keep_buffers else None,
+            m.weight, m.bias, use_batch_stats, factor, m.eps, residual, self.activation, self.negative_slope,
+            self.save, m.backend,
+        )
+
+    def extra_repr(self) -> str:
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f"{super().extra_repr()}, activation={self.activation!r}{slope}, save={self.save!r}"  # type: ignore[misc]
+
+
+class BatchNormAct1d(_ActMixin, BatchNorm1d):
+    """act(BatchNorm1d(x) + residual) over (N, C) or (N, C, L) input; arguments as BatchNorm1d plus
+    ``activation`` ("relu", "leaky_relu", "silu", "elu", "identity"; default "relu"), ``negative_slope``
+    (0.01), ``save`` ("input" or "output") and ``backend``."""
+
+
+class BatchNormAct2d(_ActMixin, BatchNorm2d):
+    """act(BatchNorm2d(x) + residual) over (N, C, H, W) input; arguments as :class:`BatchNormAct1d`."""
+
+
+class BatchNormAct3d(_ActMixin, BatchNorm3d):
+    """act(BatchNorm3d(x) + residual) over (N, C, D, H, W) input; arguments as :class:`BatchNormAct1d`."""

@@ -1,0 +1,67 @@
+"""The cpu backend's build, fallback and "auto" rules (its numbers are in the core contract tests)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from bnlab.kernels import available_backends, get_backend, resolve
+from bnlab.kernels.cpu import build
+
+
+@pytest.fixture
+def no_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("BNLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    from bnlab.kernels import registry
+
+    monkeypatch.setattr(registry, "_RESOLVED", {})
+    monkeypatch.setattr(registry, "_ORDER", {})
+    yield
+
+
+@pytest.mark.usefixtures("no_compiler")
+def test_falls_back_with_the_reason_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="bnlab.kernels.cpu"):
+        names = available_backends("cpu")
+        available_backends("cpu")
+    assert "cpu" not in names and "native" in names
+    warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler" in warnings[0].getMessage()
+    reason = get_backend("cpu").unavailable_reason(torch.device("cpu"), torch.float32)
+    assert reason is not None and "g++" in reason
+    assert resolve("auto", torch.device("cpu"), torch.float32, 1 << 24, True).name == "native"
+
+
+def test_built_library_is_cached_by_content() -> None:
+    if build.load() is None:
+        pytest.skip(f"the cpu kernels cannot be built here: {build.failure_reason()}")
+    built = list((build.cache_dir() / "cpu-kernels").glob("bnlab_cpu-*.so"))
+    assert built, "the library lives in the cache directory, keyed by a hash"
+
+
+def test_auto_is_size_and_mode_aware() -> None:
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    cpu = torch.device("cpu")
+    assert resolve("auto", cpu, torch.float32, 1 << 24, True).name == "cpu"
+    assert resolve("auto", cpu, torch.float32, 1 << 10, True).name == "native"  # small: Python overhead wins
+    assert resolve("auto", cpu, torch.float32, 1 << 24, False).name == "native"  # eval: ATen's single pass
+    assert resolve("cpu", cpu, torch.float32, 1 << 10, False).name == "cpu"  # an explicit choice is kept
+    assert resolve("auto", cpu, torch.float64, 1 << 24, True).name == "native"  # not preferred for float64
+
+
+def test_channels_last_and_nchw_give_the_same_numbers() -> None:
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    x = torch.randn(4, 24, 9, 11)
+    w, b = torch.randn(24), torch.randn(24)
+    cpu = get_backend("cpu")
+    a = cpu.forward_train(x, w, b, 1e-5)
+    c = cpu.forward_train(x.contiguous(memory_format=torch.channels_last), w, b, 1e-5)
+    torch.testing.assert_close(a.y, c.y, rtol=1e-5, atol=1e-5)
+    assert c.y.is_contiguous(memory_format=torch.channels_last)

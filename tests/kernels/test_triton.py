@@ -1,0 +1,152 @@
+"""The Triton backend: its availability rules, and its kernels against the reference.
+
+Without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, CPU tensors): a marked subset of the
+core cases (float32/bfloat16/float16 and both launch paths; the interpreter runs each program as Python, too slow
+for the whole core suite). With a GPU the same cases run on CUDA; without one those skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from bnlab.kernels import get_backend, registry
+from bnlab.kernels.fused import REFERENCE_FUSED
+from bnlab.kernels.triton import plan
+from cases import make_input
+from tolerances import FLOOR, max_error
+
+# Not imported here: the interpreter only works if triton is first imported with TRITON_INTERPRET=1 set.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="the triton extra is not installed (pip install -e '.[triton]')")
+
+CASES = [
+    pytest.param((6, 4), "contiguous", id="1d-N6-C4-one-pass"),
+    pytest.param((4, 3, 5, 6), "contiguous", id="NCHW-one-pass"),
+    pytest.param((4, 6, 5, 3), "channels_last", id="channels_last-one-pass"),
+    pytest.param((8, 3, 30, 40), "contiguous", id="NCHW-split"),  # M = 9600: split reduction + merge
+    pytest.param((8, 5, 30, 20), "channels_last", id="channels_last-split"),
+    pytest.param((2000, 70), "contiguous", id="1d-split"),
+]
+MODES = [
+    pytest.param("identity", "input", False, id="bn"),
+    pytest.param("relu", "input", True, id="relu+res"),
+    pytest.param("silu", "input", False, id="silu"),
+    pytest.param("leaky_relu", "output", True, id="leaky-out+res"),
+    pytest.param("elu", "output", False, id="elu-out"),
+]
+
+
+@pytest.fixture(params=["interpreter", "cuda"])
+def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU here: the GPU run of these tests needs one (benchmarks/gpu_check.sh)")
+        yield "cuda"
+        return
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        from triton.runtime.jit import JITFunction
+
+        if isinstance(sys.modules["triton"].language.sum, JITFunction):
+            pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process; its interpreter needs "
+                        "the variable set before the first import")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    yield "cpu"
+    registry._RESOLVED.clear()  # availability on CPU depended on the variable just removed
+    registry._ORDER.clear()
+
+
+def test_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = get_backend("triton").unavailable_reason(torch.device("cpu"), torch.float32)
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert get_backend("triton").unavailable_reason(torch.device("cpu"), torch.float32) is None
+    assert "float64" in get_backend("triton").unavailable_reason(torch.device("cpu"), torch.float64)
+
+
+def test_plans_are_cached_and_cover_both_paths() -> None:
+    assert plan(4, 24, False, 4).one_pass and not plan(3, 9600, False, 4).one_pass
+    split = plan(3, 9600, False, 4)
+    assert split.splits * split.m_per_split >= 9600 > (split.splits - 1) * split.m_per_split
+    assert plan(3, 9600, False, 4) is split  # lru_cache: no re-planning on the critical path
+
+
+def _inputs(shape, layout, residual, dtype, device):
+    x = make_input(shape, layout, dtype).to(device)
+    r = make_input(shape, layout, dtype).to(device) if residual else None
+    w = ((torch.rand(shape[1]) + 0.5) * torch.where(torch.arange(shape[1]) % 2 == 0, 1.0, -1.0)).to(device)
+    return x, r, w, torch.randn(shape[1]).to(device), make_input(shape, "contiguous", dtype).to(device)
+
+
+def _run(impl, x, r, w, b, g, activation, save):
+    out = impl.fused_forward_train(x, r, w, b, 1e-5, activation, 0.1)
+    grads = impl.fused_backward(g, out.y if save == "output" else x, r, w, b, out.mean, out.invstd, activation, 0.1,
+                                save == "output", r is not None)
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
+                                   pytest.param(torch.bfloat16, id="bfloat16")])
+@pytest.mark.parametrize(("shape", "layout"), CASES)
+@pytest.mark.parametrize(("activation", "save", "residual"), MODES)
+def test_triton_matches_reference(device, dtype, shape, layout, activation, save, residual) -> None:
+    if save == "output" and dtype == torch.bfloat16:
+        pytest.skip("save='output' recovers x̂ from y rounded to bfloat16's 8 bits (an error of ulp(y)/|γ|, "
+                    "times 1/slope for leaky_relu): its kernels are checked in float32")
+    x, r, w, b, g = _inputs(shape, layout, residual, dtype, device)
+    out, grads = _run(get_backend("triton"), x, r, w, b, g, activation, save)
+    cpu = [t.cpu() if t is not None else None for t in (x, r, w, b, g)]
+    exact_out, exact = _run(REFERENCE_FUSED, *[t.double() if t is not None else None for t in cpu], activation,
+                            save)
+    at_dtype_out, at_dtype = _run(REFERENCE_FUSED, *cpu, activation, save)
+    assert out.y.dtype == dtype and out.y.stride() == x.stride()
+    for what, ours, mid, ref in (("y", out.y, at_dtype_out.y, exact_out.y), ("mean", out.mean, None, exact_out.mean),
+                                 ("var", out.var, None, exact_out.var), ("dx", grads.dx, at_dtype.dx, exact.dx),
+                                 ("dw", grads.dweight, at_dtype.dweight, exact.dweight),
+                                 ("db", grads.dbias, at_dtype.dbias, exact.dbias),
+                                 ("dr", grads.dresidual, at_dtype.dresidual, exact.dresidual)):
+        if ref is None:
+            continue
+        scale = max(1.0, ref.abs().max().item())
+        # save="output" recovers x̂ from a y rounded to dtype, and bfloat16 sums round differently in another
+        # summation order: twice the usual slack there.
+        slack = 2 if save == "output" or dtype != torch.float32 else 1
+        bound = slack * ((2 * max_error(mid, ref) if mid is not None else 0.0) + 4 * FLOOR[dtype] * scale)
+        bound = max(bound, 4 * FLOOR[torch.float32] * scale * (ref.numel() ** 0.5))
+        assert max_error(ours.cpu(), ref) <= bound, f"{what}: {max_error(ours.cpu(), ref):.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize(("shape", "layout"), [CASES[0], CASES[3], CASES[4]])
+def test_triton_eval_and_determinism(device, shape, layout) -> None:
+    x, r, w, b, g = _inputs(shape, layout, True, torch.float32, device)
+    tb = get_backend("triton")
+    first, second = _run(tb, x, r, w, b, g, "relu", "input"), _run(tb, x, r, w, b, g, "relu", "input")
+    for a, c in zip([*first[0], *first[1]], [*second[0], *second[1]], strict=True):
+        assert torch.equal(a, c), "two runs must be bit-identical (no atomics)"
+    rm, rv = torch.randn(shape[1]).to(device), (torch.rand(shape[1]) + 0.5).to(device)
+    y = tb.fused_forward_eval(x, r, rm, rv, w, b, 1e-5, "relu", 0.0)
+    ref = REFERENCE_FUSED.fused_forward_eval(*[t.cpu().double() for t in (x, r, rm, rv, w, b)], 1e-5, "relu", 0.0)
+    assert max_error(y.cpu(), ref) < 1e-5
+    assert torch.equal(tb.forward_eval(x, rm, rv, None, None, 1e-5).cpu(),
+                       tb.fused_forward_eval(x, None, rm, rv, None, None, 1e-5, "identity", 0.0).cpu())
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="float16")])
+def test_triton_through_the_module(device, dtype) -> None:
+    import bnlab
+
+    x = make_input((4, 3, 5, 6), "contiguous", dtype).to(device).requires_grad_()
+    ours = bnlab.BatchNorm2d(3, backend="triton").to(device)
+    theirs = torch.nn.BatchNorm2d(3).to(device)
+    y, y_t = ours(x), theirs(x.detach().float()).to(dtype)
+    assert max_error(y, y_t) < 1e-2
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-3, atol=1e-3)
+    assert os.environ.get("TRITON_INTERPRET") == ("1" if device == "cpu" else os.environ.get("TRITON_INTERPRET"))

@@ -1,0 +1,110 @@
+"""BatchNormAct1d/2d/3d: torch's state_dict, torch's numbers, the save modes, the γ = 0 rule and saved bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from benchmarks.memory import saved_bytes
+from torch import nn
+
+import bnlab
+from bnlab.kernels import available_backends
+from tolerances import max_error
+
+TORCH_ACT = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.1), "silu": nn.SiLU(), "elu": nn.ELU(),
+             "identity": nn.Identity()}
+BACKENDS = [n for n in available_backends("cpu") if n != "triton"]
+CASES = [
+    pytest.param(bnlab.nn.BatchNormAct1d, nn.BatchNorm1d, (8, 5), id="1d"),
+    pytest.param(bnlab.nn.BatchNormAct2d, nn.BatchNorm2d, (4, 6, 5, 5), id="2d"),
+    pytest.param(bnlab.nn.BatchNormAct3d, nn.BatchNorm3d, (2, 3, 3, 4, 4), id="3d"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("ours_cls", "torch_cls", "shape"), CASES)
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "silu", "elu", "identity"])
+def test_matches_torch_sequence(backend, ours_cls, torch_cls, shape, activation) -> None:
+    theirs = torch_cls(shape[1])
+    theirs.weight.data.uniform_(0.5, 1.5)
+    theirs.bias.data.normal_()
+    ours = ours_cls(shape[1], activation=activation, negative_slope=0.1, backend=backend)
+    ours.load_state_dict(theirs.state_dict())  # a torch checkpoint loads as it is
+    x, r = torch.randn(shape, dtype=torch.float64).float(), torch.randn(shape)
+    for training in (True, False):
+        ours.train(training), theirs.train(training)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ra, rb = r.clone().requires_grad_(), r.clone().requires_grad_()
+        y = ours(xa, ra)
+        y_t = TORCH_ACT[activation](theirs(xb) + rb)
+        assert max_error(y, y_t) < 1e-5
+        g = torch.randn_like(y)
+        y.backward(g), y_t.backward(g)
+        for a, b in ((xa.grad, xb.grad), (ra.grad, rb.grad), (ours.weight.grad, theirs.weight.grad),
+                     (ours.bias.grad, theirs.bias.grad)):
+            assert max_error(a, b) < 1e-4
+        ours.zero_grad(), theirs.zero_grad()
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert ours.num_batches_tracked == theirs.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "native"])
+def test_zero_gamma_with_save_output_keeps_gradients_exact(backend) -> None:
+    """γ = 0 in a channel: x̂ cannot come from y there, so that call saves x; gradients equal save="input"."""
+    layers = {save: bnlab.nn.BatchNormAct2d(4, activation="leaky_relu", save=save, backend=backend)
+              for save in ("input", "output")}
+    for layer in layers.values():
+        layer.weight.data = torch.tensor([1.0, 0.0, -2.0, 0.5])
+        layer.bias.data = torch.tensor([0.1, 0.2, -0.3, 0.0])
+    x = torch.randn(3, 4, 5, 5)
+    grads, saved = {}, {}
+    for save, layer in layers.items():
+        xi = x.clone().requires_grad_()
+        saved[save] = saved_bytes(layer, xi)
+        y = layer(xi)
+        y.backward(torch.ones_like(y))
+        grads[save] = (xi.grad, layer.weight.grad, layer.bias.grad)
+    for a, b in zip(grads["input"], grads["output"], strict=True):
+        torch.testing.assert_close(a, b)
+    assert grads["output"][1][1] != 0  # dγ of the zero channel is the true Σ dz·x̂, not 0
+    assert saved["output"] >= saved["input"], "with a zero γ the layer saved x"
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "native"])
+def test_negative_gamma_is_recovered_from_output(backend) -> None:
+    layer = bnlab.nn.BatchNormAct2d(3, activation="elu", save="output", backend=backend)
+    layer.weight.data = torch.tensor([-1.5, 0.7, -0.2])
+    reference = bnlab.nn.BatchNormAct2d(3, activation="elu", save="input", backend=backend)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 3, 6, 6)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    layer(xa).sum().backward(), reference(xb).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "elu"])
+def test_saved_bytes_at_most_55_percent_of_torch(activation) -> None:
+    x = torch.randn(8, 16, 16, 16, requires_grad=True)
+    torch_layer = nn.Sequential(nn.BatchNorm2d(16), TORCH_ACT[activation])
+    ours = bnlab.nn.BatchNormAct2d(16, activation=activation, save="output")
+    assert saved_bytes(ours, x) <= 0.55 * saved_bytes(torch_layer, x)
+
+
+def test_bad_arguments_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="unknown activation"):
+        bnlab.nn.BatchNormAct2d(3, activation="gelu")
+    with pytest.raises(ValueError, match="invertible"):
+        bnlab.nn.BatchNormAct2d(3, activation="relu", save="output")
+    with pytest.raises(ValueError, match="negative_slope > 0"):
+        bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", negative_slope=0.0, save="output")
+    with pytest.raises(ValueError, match="save must be"):
+        bnlab.nn.BatchNormAct2d(3, save="both")
+    layer = bnlab.nn.BatchNormAct2d(3)
+    with pytest.raises(ValueError, match="residual must match"):
+        layer(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="expected 4D input"):
+        layer(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="needs fused kernels"):
+        bnlab.nn.BatchNormAct2d(3, activation="elu", save="output", backend="native")(torch.randn(2, 3, 4, 4))
+    assert "save='input'" in repr(layer) and "activation='relu'" in repr(layer)
