@@ -129,7 +129,9 @@ def main() -> None:
     eval_per_step = _eval_cost(models["engine + bnlab BN"], args.steps)
     env = {"torch": torch.__version__, "bnlab": bnlab.__version__, "python": platform.python_version(),
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "batch_norm_backend": bnlab.available_backends("cpu")[0]}
+           # What "auto" runs for these layers' training input (60, 100) on this machine.
+           "batch_norm_backend": bnlab.kernels.resolve("auto", torch.device("cpu"), torch.float32, BATCH * 100,
+                                                       True).name}
     print(f"# Engine overhead: Figure 1 network, batch {BATCH}, {args.steps} steps x {args.reps} interleaved reps, "
           f"medians ({env['threads']} thread(s), torch {env['torch']}, backend {env['batch_norm_backend']})\n")
     print("| loop | steps/s (median) | min – max | ratio vs hand + torch BN | GB/s achieved | byte floor/step |")
