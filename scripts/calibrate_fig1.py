@@ -6,7 +6,7 @@ of the network WITHOUT batch norm (the fairest setting for the baseline). The BN
 it cannot influence the choice. Each grid point writes one JSON line, so an interrupted calibration keeps what it
 measured and a second process can take another part of the grid.
 
-    python scripts/calibrate_fig1.py --out calib.jsonl [--pixels unit] [--steps 10000]
+    python scripts/calibrate_fig1.py --out calib.jsonl [--pixels unit] [--steps 5000]
     python scripts/calibrate_fig1.py --table calib.jsonl    # the Markdown table for docs/experiments.md
 """
 
