@@ -7,9 +7,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 setup:
 	@bash scripts/setup.sh
 
-## run: the main job (for now a short demonstration of bnlab layers training a small model)
+## run: the main job: Figure 1 of the paper, quick version on MNIST-5k (a few minutes on 2 CPU cores); it prints
+## where the report is. The full run: .venv/bin/bnlab run fig1 --set dataset=fashion-mnist (docs/experiments.md)
 run: setup
-	@$(PY) examples/demo.py
+	@.venv/bin/bnlab run fig1 --quick
 
 ## test: the whole test suite
 test: setup
@@ -17,11 +18,11 @@ test: setup
 
 ## lint: ruff (style and errors) and mypy (types)
 lint: setup
-	@$(PY) -m ruff check src tests examples benchmarks
+	@$(PY) -m ruff check src tests examples benchmarks scripts
 	@$(PY) -m mypy
 
 format: setup
-	@$(PY) -m ruff check --fix src tests examples
+	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
 
 ## bench: the CPU benchmark suite (bnlab's backends against PyTorch, same run); results in benchmarks/results/
 bench: setup

