@@ -28,9 +28,16 @@ def check_input_rank(input: Tensor, allowed: tuple[int, ...], layer: str) -> Non
         )
 
 
+_PARAM_NAMES = ("running_mean", "running_var", "weight", "bias")
+_FLOAT_SET = frozenset(FLOAT_DTYPES)
+
+
 def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                           weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
-    """Everything ``batch_norm`` needs of its arguments before a backend sees them."""
+    """Everything ``batch_norm`` needs of its arguments before a backend sees them.
+
+    This runs on every call, so the loop below only compares; the messages are built once something fails.
+    """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
     if input.dim() < 2:
@@ -38,53 +45,63 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
             f"batch_norm expects an input of shape (N, C, *) with at least 2 dimensions, got shape "
             f"{tuple(input.shape)}; add a batch dimension with input.unsqueeze(0) if this is one sample"
         )
-    if input.dtype not in FLOAT_DTYPES:
+    if input.dtype not in _FLOAT_SET:
         raise RuntimeError(
             f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {input.dtype}; "
             f"convert it with input.float()"
         )
-    channels, device, dtypes = input.shape[1], input.device, set()
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
+    channels, device, param_dtype = input.shape[1], input.device, None
+    for index, t in enumerate((running_mean, running_var, weight, bias)):
         if t is None:
             continue
         if t.numel() != channels:
             raise RuntimeError(
-                f"{name} should contain {channels} elements not {t.numel()}: the input of shape "
+                f"{_PARAM_NAMES[index]} should contain {channels} elements not {t.numel()}: the input of shape "
                 f"{tuple(input.shape)} has {channels} channels (dimension 1), and batch norm keeps one value per "
                 f"channel; build the layer with num_features={channels} or check which dimension holds the channels"
             )
         if t.device != device:
             raise RuntimeError(
-                f"{name} is on {t.device} but the input is on {input.device}; move the layer with .to(device)"
+                f"{_PARAM_NAMES[index]} is on {t.device} but the input is on {input.device}; move the layer with "
+                f".to(device)"
             )
-        dtypes.add(t.dtype)
-    if dtypes:
-        _check_dtypes(input, dtypes)
+        if param_dtype is None:
+            param_dtype = t.dtype
+        elif t.dtype != param_dtype:
+            param_dtype = _MIXED
+    if param_dtype is not None and param_dtype != input.dtype:
+        _check_dtypes(input, running_mean, running_var, weight, bias)
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(
             f"{missing} must be defined in evaluation mode (training=False normalizes with running statistics); "
             f"pass both running buffers, or training=True to use the batch's own statistics"
         )
-    if training:
-        size_prods = input.shape[0] * math.prod(input.shape[2:])
-        if size_prods == 1:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {input.shape}: a variance "
-                f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
-            )
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+    if training and _one_value(input):
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {input.shape}: a variance "
+            f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
+        )
+    for index, t in enumerate((running_mean, running_var)):
         if t is not None and t.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
-                f"{name} requires grad, but batch norm does not differentiate through running statistics; "
-                f"pass {name}.detach() or a buffer"
+                f"{_PARAM_NAMES[index]} requires grad, but batch norm does not differentiate through running "
+                f"statistics; pass {_PARAM_NAMES[index]}.detach() or a buffer"
             )
 
 
-def _check_dtypes(input: Tensor, dtypes: set[torch.dtype]) -> None:
+_MIXED = torch.uint8  # a marker: the parameters do not share one dtype (never a valid parameter dtype)
+
+
+def _one_value(input: Tensor) -> bool:
+    # torch's test: the product of every size but the channels' is 1 (true of empty-channel inputs too).
+    return input.shape[0] * math.prod(input.shape[2:]) == 1
+
+
+def _check_dtypes(input: Tensor, *tensors: Tensor | None) -> None:
     # torch's rule, on CPU and CUDA alike: the parameters and running statistics share one dtype, which is the
     # input's, or float32 under a float16/bfloat16 input (mixed precision, statistics in float32).
+    dtypes = {t.dtype for t in tensors if t is not None}
     if len(dtypes) == 1 and (input.dtype in dtypes or (torch.float32 in dtypes and input.dtype in _LOW_PRECISION)):
         return
     got = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))

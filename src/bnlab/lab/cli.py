@@ -88,9 +88,20 @@ def _run(args: argparse.Namespace) -> int:
                                  command=command)
     except (FileNotFoundError, ValueError) as err:  # missing data, a bad seed list, an unusable device
         raise CLIError(str(err)) from None
+    _print_verdicts(run_dir)
     print(f"report: {run_dir / REPORT}")
     print(f"all runs: {args.out / 'index.html'}")
     return 0
+
+
+def _print_verdicts(run_dir: Path) -> None:
+    """Each claim's verdict and evidence, as the report states them, so a terminal user sees the outcome."""
+    from bnlab.lab.records import RESULT, read_json
+
+    result = read_json(run_dir / RESULT)
+    for claim in result.get("claims", []):
+        print(f"[{claim['verdict']}] {claim['claim']}")
+        print(f"    {claim['evidence']}")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -101,6 +112,7 @@ def _report(args: argparse.Namespace) -> int:
         page = build_report(args.run_dir)
     except RunFilesError as err:
         raise CLIError(str(err)) from None
+    _print_verdicts(args.run_dir)
     print(f"report: {page}")
     run_dir = args.run_dir.resolve()
     # Only a folder laid out as RUNS/EXPERIMENT/RUN has a runs index to refresh; a copy elsewhere does not.
