@@ -108,3 +108,23 @@ def test_bad_arguments_say_what_to_do() -> None:
     with pytest.raises(ValueError, match="needs fused kernels"):
         bnlab.nn.BatchNormAct2d(3, activation="elu", save="output", backend="native")(torch.randn(2, 3, 4, 4))
     assert "save='input'" in repr(layer) and "activation='relu'" in repr(layer)
+
+
+def test_freeze_switches_reach_the_fused_layer() -> None:
+    layer = bnlab.nn.BatchNormAct2d(3, activation="relu")
+    layer.train()
+    frozen = bnlab.freeze(layer)  # running statistics, no updates, γ/β frozen
+    x = torch.randn(4, 3, 5, 5) * 3 + 2
+    before = frozen.running_mean.clone()
+    y = frozen(x)
+    assert torch.equal(frozen.running_mean, before) and int(frozen.num_batches_tracked) == 0
+    expected = torch.relu(torch.nn.functional.batch_norm(x, frozen.running_mean, frozen.running_var,
+                                                         frozen.weight, frozen.bias, False))
+    torch.testing.assert_close(y, expected)
+
+
+def test_a_failed_call_leaves_the_counter_alone() -> None:
+    layer = bnlab.nn.BatchNormAct2d(3)
+    with pytest.raises(ValueError, match="residual must match"):
+        layer(torch.randn(2, 3, 4, 4), residual=torch.randn(2, 3, 4, 5))
+    assert int(layer.num_batches_tracked) == 0

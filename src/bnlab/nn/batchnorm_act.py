@@ -13,9 +13,10 @@ from typing import Any
 from torch import Tensor
 
 from bnlab import _stats
-from bnlab._checks import check_input_rank
-from bnlab.fused import _batch_norm_act, check_act_args
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab._checks import check_batch_norm_args, check_input_rank
+from bnlab.fused import _batch_norm_act, _check_residual, check_act_args
+from bnlab.kernels.fused import activate
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _module_forward
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
 
@@ -39,20 +40,26 @@ class _ActMixin:
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         """act(BN(input) + residual); residual is None or a tensor of input's shape, dtype and device."""
         m: Any = self
+        if m.normalize_with is not None or m.update_stats is not None:
+            # Switched by bnlab.tools.freeze: the plain layer's forward honours the switches, the activation
+            # follows unfused.
+            _check_residual(input, residual)
+            z = _module_forward(self, input)
+            return activate(z if residual is None else z + residual, self.activation, self.negative_slope)
         check_input_rank(input, m._bnlab_ranks, type(self).__name__)
-        # The same steps as torch's _BatchNorm.forward (see bnlab.nn.batchnorm._module_forward).
+        # The same steps as torch's _BatchNorm.forward (see bnlab.nn.batchnorm._module_forward), arguments
+        # checked before the batch counter moves.
+        use_batch_stats = m.training or (m.running_mean is None and m.running_var is None)
+        keep_buffers = not m.training or m.track_running_stats
+        running_mean = m.running_mean if keep_buffers else None
+        running_var = m.running_var if keep_buffers else None
+        check_batch_norm_args(input, running_mean, running_var, m.weight, m.bias, use_batch_stats)
+        _check_residual(input, residual)
         factor: float | Tensor = 0.0 if m.momentum is None else m.momentum
         if m.training and m.track_running_stats and m.num_batches_tracked is not None:
             factor = _stats.advance(m.num_batches_tracked, m.momentum)
-        use_batch_stats = m.training or (m.running_mean is None and m.running_var is None)
-        keep_buffers = not m.training or m.track_running_stats
-        return _batch_norm_act(
-            input,
-            m.running_mean if keep_buffers else None,
-            m.running_var if keep_buffers else None,
-            m.weight, m.bias, use_batch_stats, factor, m.eps, residual, self.activation, self.negative_slope,
-            self.save, m.backend,
-        )
+        return _batch_norm_act(input, running_mean, running_var, m.weight, m.bias, use_batch_stats, factor, m.eps,
+                               residual, self.activation, self.negative_slope, self.save, m.backend)
 
     def extra_repr(self) -> str:
         slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
