@@ -49,6 +49,22 @@ def is_uninitialized(module: torch.nn.Module) -> bool:
     return any(is_lazy(t) for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
 
 
+def running_stats(module: NormLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance buffers themselves (not copies).
+
+    Raises ValueError for a layer built with ``track_running_stats=False``: check :func:`has_running_stats` first
+    where such layers are expected.
+    """
+    mean, var = module.running_mean, module.running_var
+    if mean is None or var is None:
+        raise ValueError(f"{type(module).__name__} has no running statistics (track_running_stats=False)")
+    return mean, var
+
+
+def has_running_stats(module: NormLayer) -> bool:
+    return module.running_mean is not None and module.running_var is not None
+
+
 def batch_norm_layers(model: torch.nn.Module) -> list[tuple[str, _BatchNorm]]:
     """(qualified name, module) of every trainable batch-norm layer in ``model``, in registration order.
 

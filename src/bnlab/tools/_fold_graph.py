@@ -1,0 +1,147 @@
+"""Folding on a ``torch.fx`` graph: trace with batch norm as a leaf, find the foldable pairs, swap them in.
+
+The model is traced with every batch-norm layer as a leaf (bnlab's layers included, so they appear as
+``call_module`` like torch's); graphs traced elsewhere show bnlab's layers as
+``call_function(_module_forward, (get_attr bn, x))`` and that form is recognised too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnlab.nn.batchnorm import _module_forward
+from bnlab.tools._fold_rules import Ranks, foldable_bn, folded_after, folded_before
+from bnlab.tools._layers import is_batch_norm, is_frozen_batch_norm
+
+Pairs = list[tuple[str, str]]
+
+
+class Untraceable(Exception):
+    """torch.fx could not trace the model; the message names the part and the first line of fx's error."""
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """torch's tracer with every batch-norm layer as a leaf, remembering which module it was in on failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: list[str] = []
+        self.failed_in: tuple[str, str] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_batch_norm(m) or is_frozen_batch_norm(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        self.path.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module sees the exception first
+                self.failed_in = (self.path[-1], type(m).__name__)
+            raise
+        finally:
+            self.path.pop()
+
+
+def trace(root: nn.Module) -> torch.fx.GraphModule:
+    tracer = _LeafTracer()
+    try:
+        graph = tracer.trace(root)
+    except Exception as err:
+        where = tracer.failed_in or ("", type(root).__name__)
+        part = f"{where[0]!r} ({where[1]})" if where[0] else f"the model's own forward ({where[1]})"
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise Untraceable(f"torch.fx cannot trace {part}: {first_line}") from err
+    return torch.fx.GraphModule(tracer.root, graph, root.__class__.__name__)
+
+
+def _bn_call(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Module, str, Any] | None:
+    """(module, name, input node) if ``node`` applies a batch-norm layer, in either form a trace produces."""
+    if node.op == "call_module" and not node.kwargs and len(node.args) == 1:
+        m = modules.get(str(node.target))
+        if m is not None and (is_batch_norm(m) or is_frozen_batch_norm(m)):
+            return m, str(node.target), node.args[0]
+    if node.op == "call_function" and node.target is _module_forward and len(node.args) == 2:
+        owner = node.args[0]
+        if isinstance(owner, torch.fx.Node) and owner.op == "get_attr":
+            m = modules.get(str(owner.target))
+            if m is not None:
+                return m, str(owner.target), node.args[1]
+    return None
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, child = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple[nn.Module, Pairs, Pairs]:
+    """Find the foldable pairs on the traced graph and fold them: (model, folded, skipped).
+
+    Usually the pairs are then swapped in ``root`` itself (the folded layer in place of the layer, ``nn.Identity``
+    in place of the batch norm), so the result keeps the model's class, its forward and its state_dict keys. A
+    model that is already a GraphModule, or that holds bnlab layers inside a GraphModule (where they are called
+    as functions and cannot be swapped for Identity), gets the graph rewritten and a GraphModule back.
+    """
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    function_form = False
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+        found = _bn_call(node, modules)
+        if found is not None and node.op == "call_function":
+            calls[found[1]] = calls.get(found[1], 0) + 1
+            function_form = True
+    rewrite = isinstance(root, torch.fx.GraphModule) or function_form
+
+    def single_call(node: Any) -> nn.Module | None:
+        ok = isinstance(node, torch.fx.Node) and node.op == "call_module" and calls.get(str(node.target)) == 1
+        return modules[str(node.target)] if ok and len(node.args) == 1 and not node.kwargs else None
+
+    folded: Pairs = []
+    skipped: Pairs = []
+    for node in list(gm.graph.nodes):
+        found = _bn_call(node, modules)
+        if found is None:
+            continue
+        bn, bn_name, source = found
+        reason = foldable_bn(bn)
+        if reason is None and not rewrite and calls.get(bn_name, 0) > 1:
+            reason = "the module is called more than once in a forward"
+        if reason is not None:
+            skipped.append((bn_name, reason))
+            continue
+        layer = single_call(source)
+        new = folded_after(layer, bn, ranks) if layer is not None and len(source.users) == 1 else None
+        target = str(source.target)
+        if new is None:
+            user = next(iter(node.users)) if len(node.users) == 1 else None
+            layer = single_call(user)
+            new = None if user is None or layer is None else folded_before(bn, layer, ranks)
+            if user is None or new is None:
+                skipped.append((bn_name, "no conv or linear layer next to it that it can fold into"))
+                continue
+            target = str(user.target)
+        folded.append((bn_name, target))
+        if not rewrite:
+            _set_submodule(root, target, new)
+            _set_submodule(root, bn_name, nn.Identity())
+            continue
+        _set_submodule(gm, target, new)
+        node.replace_all_uses_with(node.args[1] if node.op == "call_function" else node.args[0])
+        owner = node.args[0] if node.op == "call_function" else None
+        gm.graph.erase_node(node)
+        if isinstance(owner, torch.fx.Node) and not owner.users:
+            gm.graph.erase_node(owner)
+    skipped = list(dict.fromkeys(skipped))  # a layer called at several places is reported once
+    if not rewrite:
+        return root.eval(), folded, skipped
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval(), folded, skipped
