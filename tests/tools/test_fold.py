@@ -54,6 +54,11 @@ PATTERNS = [
                  (2, 6, 5, 5), id="bn-before-1x1-grouped"),
     pytest.param(lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, stride=2)), (2, 3, 7, 7),
                  id="bn-before-unpadded-3x3"),
+    # A layer with a batch norm on both sides takes both folds, one on top of the other.
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 5), nn.BatchNorm1d(5)), (6, 5),
+                 id="bn-linear-bn"),
+    pytest.param(lambda: nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6)),
+                 (2, 4, 5, 5), id="relu-bn-conv1x1-bn"),
     pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), bnlab.BatchNorm2d(4, backend="reference")),
                  (2, 3, 6, 6), id="bnlab-layer"),
     pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), bnlab.nn.FrozenBatchNorm2d(4)), (2, 3, 6, 6),
@@ -68,7 +73,8 @@ PATTERNS = [
 def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str) -> None:
     model = _randomize(build())
     result = fold_with_report(model, method=method)
-    assert len(result.folded) == 1 and not result.skipped, result
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase) for m in model.modules())
+    assert len(result.folded) == norms and not result.skipped, result
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase)
                    for m in result.model.modules())
     assert not result.model.training
@@ -147,6 +153,15 @@ def test_a_graph_traced_elsewhere_with_bnlab_layers_folds() -> None:
     result = fold_with_report(traced)
     assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     x = torch.randn(4, 5)
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_module_folds_a_layer_with_batch_norm_on_both_sides() -> None:
+    # The graph is rewritten here: the second fold must start from the first fold's layer, not the original.
+    model = _randomize(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 5), bnlab.BatchNorm1d(5)))
+    result = fold_with_report(torch.fx.symbolic_trace(model).eval())
+    assert result.folded == [("0", "1"), ("2", "1")]
+    x = torch.randn(6, 5)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 

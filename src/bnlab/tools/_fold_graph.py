@@ -129,6 +129,8 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
                 continue
             target = str(user.target)
         folded.append((bn_name, target))
+        # A layer with a batch norm on both sides folds twice: the second fold must start from the first's result.
+        modules[target] = new
         if not rewrite:
             _set_submodule(root, target, new)
             _set_submodule(root, bn_name, nn.Identity())

@@ -159,7 +159,7 @@ def _fold_sequential(root: nn.Module, ranks: Ranks) -> Folding:
                 seq._modules[keys[i]], seq._modules[keys[i + 1]] = nn.Identity(), before
                 folded.append((names[0], names[1]))
                 seen.add(id(a))
-                i += 2
+                i += 1  # the folded layer may still take a batch norm after it
             else:
                 i += 1
     skipped = [(name, foldable_bn(m) or "no conv or linear neighbour in an nn.Sequential to fold into")
