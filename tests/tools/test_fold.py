@@ -251,3 +251,42 @@ def test_bad_arguments() -> None:
         fold(nn.Linear(2, 2).eval(), method="magic")
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         fold("model")  # type: ignore[arg-type]
+
+
+class _AliasedConv(nn.Module):
+    """The conv is registered twice (``conv`` and ``stem.0``); the forward calls it under the second name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.stem = nn.Sequential(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.stem(x))
+
+
+class _AliasedNorm(nn.Module):
+    """The batch norm is registered twice (``norm`` and ``head.0``); the forward calls it under the second name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.head = nn.Sequential(self.norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+@pytest.mark.parametrize("build", [pytest.param(_AliasedConv, id="aliased-conv"),
+                                   pytest.param(_AliasedNorm, id="aliased-norm")])
+def test_a_module_registered_under_two_names_is_replaced_under_both(build: Callable[[], nn.Module]) -> None:
+    model = _randomize(build())
+    result = fold_with_report(model)
+    assert len(result.folded) == 1
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+    # Still one module under both names, as in the model given.
+    named = dict(result.model.named_modules(remove_duplicate=False))
+    assert named["conv"] is (named["stem.0"] if build is _AliasedConv else result.model.conv)
+    if build is _AliasedNorm:
+        assert isinstance(named["norm"], nn.Identity) and named["norm"] is named["head.0"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from bnlab.nn.batchnorm import _module_forward
 from bnlab.tools._fold_rules import Ranks, foldable_bn, folded_after, folded_before
-from bnlab.tools._layers import is_batch_norm, is_frozen_batch_norm
+from bnlab.tools._layers import is_batch_norm, is_frozen_batch_norm, replace_modules
 
 Pairs = list[tuple[str, str]]
 
@@ -75,11 +75,6 @@ def _bn_call(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Mod
     return None
 
 
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, child = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple[nn.Module, Pairs, Pairs]:
     """Find the foldable pairs on the traced graph and fold them: (model, folded, skipped).
 
@@ -129,13 +124,13 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
                 continue
             target = str(user.target)
         folded.append((bn_name, target))
+        old = modules[target]
         # A layer with a batch norm on both sides folds twice: the second fold must start from the first's result.
         modules[target] = new
         if not rewrite:
-            _set_submodule(root, target, new)
-            _set_submodule(root, bn_name, nn.Identity())
+            replace_modules(root, {old: new, bn: nn.Identity()})
             continue
-        _set_submodule(gm, target, new)
+        replace_modules(gm, {old: new})
         node.replace_all_uses_with(node.args[1] if node.op == "call_function" else node.args[0])
         owner = node.args[0] if node.op == "call_function" else None
         gm.graph.erase_node(node)

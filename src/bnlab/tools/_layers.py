@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -76,6 +76,24 @@ def batch_norm_layers(model: torch.nn.Module) -> list[tuple[str, _BatchNorm]]:
 def norm_layers(model: torch.nn.Module) -> list[tuple[str, NormLayer]]:
     """:func:`batch_norm_layers` and the FrozenBatchNorm layers."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm | FrozenBatchNormBase)]
+
+
+def replace_modules(root: torch.nn.Module, replacements: Mapping[torch.nn.Module, torch.nn.Module]) -> torch.nn.Module:
+    """Put ``replacements[old]`` in place of each ``old`` module under every name it is registered under in ``root``.
+
+    A module registered twice (``self.stem = nn.Sequential(self.conv)``) may be called under either name, so
+    replacing it under one only would leave the forward calling the old module. Both names get the same new
+    module, as they had the same old one. Returns the root, or its replacement if the root itself is replaced.
+    """
+    new_of = {id(old): new for old, new in replacements.items()}  # by identity: modules may define __eq__
+    if id(root) in new_of:
+        return new_of[id(root)]
+    for name, module in list(root.named_modules(remove_duplicate=False)):
+        new = new_of.get(id(module))
+        if new is not None and name:
+            parent, _, child = name.rpartition(".")
+            setattr(root.get_submodule(parent) if parent else root, child, new)
+    return root
 
 
 def select_layers(model: torch.nn.Module, layers: str | Sequence[str] | None) -> list[tuple[str, _BatchNorm]]:

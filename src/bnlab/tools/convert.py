@@ -19,6 +19,7 @@ import torch
 from bnlab.kernels import check_backend_name
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.frozen import FrozenBatchNormBase
+from bnlab.tools._layers import replace_modules
 from bnlab.tools.freeze import FROZEN_OF, from_frozen, to_frozen
 
 __all__ = ["convert"]
@@ -85,18 +86,10 @@ def _replace_frozen(root: torch.nn.Module, to: str, backend: str | None) -> torc
             return from_frozen(module, to, backend=backend or "auto")
         return None
 
-    replaced = convert_one(root)
-    if replaced is not None:
-        return replaced
-    # Named, with duplicates, so a layer registered under two names is replaced under both (by one new module).
-    done: dict[int, torch.nn.Module] = {}
-    for name, module in list(root.named_modules(remove_duplicate=False)):
-        new = done.get(id(module))
-        if new is None:
-            new = convert_one(module)
-            if new is None:
-                continue
-            done[id(module)] = new
-        parent, _, child = name.rpartition(".")
-        setattr(root.get_submodule(parent) if parent else root, child, new)
-    return root
+    # Every name a layer is registered under gets the same new module (replace_modules).
+    replacements: dict[torch.nn.Module, torch.nn.Module] = {}
+    for module in root.modules():
+        new = convert_one(module)
+        if new is not None:
+            replacements[module] = new
+    return replace_modules(root, replacements)
