@@ -134,7 +134,8 @@ def test_residual_model_folds_what_it_safely_can() -> None:
     result = fold_with_report(model)
     assert result.method == "fx"
     assert sorted(bn for bn, _ in result.folded) == ["bn1", "bn2"]
-    assert {bn for bn, _ in result.skipped} == {"bn3", "bn_shared"}
+    assert dict(result.skipped) == {"bn3": "the output of 'conv3' is also used elsewhere",
+                                    "bn_shared": "'shared' is called more than once in a forward"}
     # The model keeps its class and forward: folded layers swapped in, folded batch norms become Identity.
     assert type(result.model) is _Residual and isinstance(result.model.bn2, nn.Identity)
     assert set(result.model.state_dict()) == set(model.state_dict()) - {
@@ -290,3 +291,53 @@ def test_a_module_registered_under_two_names_is_replaced_under_both(build: Calla
     assert named["conv"] is (named["stem.0"] if build is _AliasedConv else result.model.conv)
     if build is _AliasedNorm:
         assert isinstance(named["norm"], nn.Identity) and named["norm"] is named["head.0"]
+
+
+class _TiedWeight(nn.Module):
+    """The Linear's weight is also used directly, outside the Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.proj(x)) + nn.functional.linear(x, self.proj.weight)
+
+
+class _TiedUnderAnotherName(nn.Module):
+    """The encoder's weight is the decoder's, registered first: fx reads it as 'decoder.weight'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.Linear(4, 4, bias=False)
+        self.encoder, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+        self.encoder.weight = self.decoder.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.bn(self.encoder(x)), self.decoder.weight)
+
+
+class _ReadsNormWeight(nn.Module):
+    """The forward reads the batch norm's γ besides calling it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) * self.bn.weight.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize(("build", "shape", "read"), [
+    pytest.param(_TiedWeight, (5, 4), "proj.weight", id="tied-weight"),
+    pytest.param(_TiedUnderAnotherName, (5, 4), "decoder.weight", id="tied-under-another-name"),
+    pytest.param(_ReadsNormWeight, (2, 3, 6, 6), "bn.weight", id="reads-bn-weight"),
+])
+def test_a_pair_whose_tensors_are_read_elsewhere_is_left(build: Callable[[], nn.Module], shape: tuple[int, ...],
+                                                         read: str) -> None:
+    model = _randomize(build())
+    result = fold_with_report(model)
+    assert result.folded == [] and len(result.skipped) == 1, result
+    assert f"{read!r}" in result.skipped[0][1]
+    x = torch.randn(shape)
+    torch.testing.assert_close(result.model(x), model(x))

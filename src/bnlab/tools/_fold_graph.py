@@ -7,6 +7,7 @@ The model is traced with every batch-norm layer as a leaf (bnlab's layers includ
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from bnlab.nn.batchnorm import _module_forward
+from bnlab.tools._fold_math import WEIGHT_LAYERS
 from bnlab.tools._fold_rules import Ranks, foldable_bn, folded_after, folded_before
 from bnlab.tools._layers import is_batch_norm, is_frozen_batch_norm, replace_modules
 
@@ -75,6 +77,32 @@ def _bn_call(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Mod
     return None
 
 
+def _attribute_reads(gm: torch.fx.GraphModule) -> dict[int, str]:
+    """id → name of every tensor or module a ``get_attr`` node reads, but a batch norm fetched only to be applied.
+
+    By identity, not by name: fx names a shared tensor by the first module that holds it, which need not be the
+    module being folded (``encoder.weight = decoder.weight``).
+    """
+    reads: dict[int, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        applied = [u for u in node.users if u.op == "call_function" and u.target is _module_forward
+                   and u.args[0] is node]
+        if node.users and len(applied) == len(node.users):
+            continue
+        reads[id(operator.attrgetter(str(node.target))(gm))] = str(node.target)
+    return reads
+
+
+def _read_elsewhere(module: nn.Module, reads: dict[int, str]) -> str | None:
+    """The name under which the forward reads ``module`` or one of its tensors directly, if it does."""
+    for item in (module, *module.parameters(), *module.buffers()):
+        if id(item) in reads:
+            return reads[id(item)]
+    return None
+
+
 def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple[nn.Module, Pairs, Pairs]:
     """Find the foldable pairs on the traced graph and fold them: (model, folded, skipped).
 
@@ -94,10 +122,24 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
             calls[found[1]] = calls.get(found[1], 0) + 1
             function_form = True
     rewrite = isinstance(root, torch.fx.GraphModule) or function_form
+    reads = _attribute_reads(gm)
 
-    def single_call(node: Any) -> nn.Module | None:
-        ok = isinstance(node, torch.fx.Node) and node.op == "call_module" and calls.get(str(node.target)) == 1
-        return modules[str(node.target)] if ok and len(node.args) == 1 and not node.kwargs else None
+    def weight_layer(node: Any) -> tuple[str, nn.Module] | str | None:
+        """(name, layer) if ``node`` applies a conv/linear layer that may fold; why not; None if no such layer."""
+        if not (isinstance(node, torch.fx.Node) and node.op == "call_module"):
+            return None
+        name = str(node.target)
+        layer = modules[name]
+        if not isinstance(layer, WEIGHT_LAYERS):
+            return None
+        if calls.get(name, 0) > 1:
+            return f"{name!r} is called more than once in a forward"
+        if len(node.args) != 1 or node.kwargs:
+            return f"{name!r} is called with more than one argument"
+        read = _read_elsewhere(layer, reads)
+        if read is not None:
+            return f"the forward also reads {read!r} directly, which folding into {name!r} would change"
+        return name, layer
 
     folded: Pairs = []
     skipped: Pairs = []
@@ -109,20 +151,36 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
         reason = foldable_bn(bn)
         if reason is None and not rewrite and calls.get(bn_name, 0) > 1:
             reason = "the module is called more than once in a forward"
+        read = _read_elsewhere(bn, reads)
+        if reason is None and read is not None:
+            reason = f"the forward also reads {read!r} directly, which folding would remove"
         if reason is not None:
             skipped.append((bn_name, reason))
             continue
-        layer = single_call(source)
-        new = folded_after(layer, bn, ranks) if layer is not None and len(source.users) == 1 else None
-        target = str(source.target)
+        reasons: list[str] = []
+        new, target = None, ""
+        producer = weight_layer(source)
+        if isinstance(producer, str):
+            reasons.append(producer)
+        elif producer is not None and len(source.users) > 1:
+            reasons.append(f"the output of {producer[0]!r} is also used elsewhere")
+        elif producer is not None:
+            target, new = producer[0], folded_after(producer[1], bn, ranks)
+            if new is None:
+                reasons.append(f"it does not normalize the output channels of {target!r}")
+        users = list(node.users)
+        consumer = weight_layer(users[0]) if new is None and users else None
+        if isinstance(consumer, str):
+            reasons.append(consumer)
+        elif consumer is not None and len(users) > 1:
+            reasons.append("its output is also used elsewhere")
+        elif consumer is not None:
+            target, new = consumer[0], folded_before(bn, consumer[1], ranks)
+            if new is None:
+                reasons.append(f"{target!r} cannot take it (a padded conv, a transposed conv, or other channels)")
         if new is None:
-            user = next(iter(node.users)) if len(node.users) == 1 else None
-            layer = single_call(user)
-            new = None if user is None or layer is None else folded_before(bn, layer, ranks)
-            if user is None or new is None:
-                skipped.append((bn_name, "no conv or linear layer next to it that it can fold into"))
-                continue
-            target = str(user.target)
+            skipped.append((bn_name, "; ".join(reasons) or "no conv or linear layer next to it to fold into"))
+            continue
         folded.append((bn_name, target))
         old = modules[target]
         # A layer with a batch norm on both sides folds twice: the second fold must start from the first's result.
