@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 import bnlab
 from bnlab.tools import FoldFallbackWarning, fold, fold_with_report
@@ -341,3 +342,54 @@ def test_a_pair_whose_tensors_are_read_elsewhere_is_left(build: Callable[[], nn.
     assert f"{read!r}" in result.skipped[0][1]
     x = torch.randn(shape)
     torch.testing.assert_close(result.model(x), model(x))
+
+
+def _hooked(module: nn.Module, pre: bool = False) -> nn.Module:
+    if pre:
+        module.register_forward_pre_hook(lambda m, args: None)
+    else:
+        module.register_forward_hook(lambda m, args, out: None)
+    return module
+
+
+# (builder, input shape, words of the reason): pairs that must stay as they are, each for its own reason.
+LEFT = [
+    pytest.param(lambda: nn.Sequential(weight_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)), (2, 3, 6, 6),
+                 "parametrized", id="weight-norm-conv"),
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(3), weight_norm(nn.Linear(3, 4))), (5, 3),
+                 "parametrized", id="weight-norm-linear-after-bn"),
+    pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), _hooked(nn.BatchNorm2d(4))), (2, 3, 6, 6),
+                 "hooks", id="hooked-bn"),
+    pytest.param(lambda: nn.Sequential(_hooked(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4)), (2, 3, 6, 6),
+                 "hooks", id="hooked-conv"),
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(3), _hooked(nn.Linear(3, 4), pre=True)), (5, 3),
+                 "hooks", id="pre-hooked-linear"),
+]
+
+
+@pytest.mark.parametrize(("build", "shape", "words"), LEFT)
+@pytest.mark.parametrize("method", ["fx", "sequential"])
+def test_pairs_that_must_stay_are_left_with_a_reason(build: Callable[[], nn.Module], shape: tuple[int, ...],
+                                                     words: str, method: str) -> None:
+    model = _randomize(build())
+    result = fold_with_report(model, method=method)
+    assert result.folded == [] and len(result.skipped) == 1 and words in result.skipped[0][1], result
+    x = torch.randn(shape)
+    torch.testing.assert_close(result.model(x), model(x))
+
+
+class _KeywordCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(input=self.conv(x))
+
+
+def test_a_batch_norm_called_with_a_keyword_argument_folds() -> None:
+    model = _randomize(_KeywordCall())
+    result = fold_with_report(model)
+    assert result.folded == [("bn", "conv")] and not result.skipped
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)

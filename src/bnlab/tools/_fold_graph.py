@@ -62,12 +62,21 @@ def trace(root: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(tracer.root, graph, root.__class__.__name__)
 
 
+def _only_input(node: torch.fx.Node) -> Any:
+    """The input of a module applied to one input, ``m(x)`` or ``m(input=x)`` (the name torch's layers use)."""
+    if len(node.args) == 1 and not node.kwargs:
+        return node.args[0]
+    if not node.args and list(node.kwargs) == ["input"]:
+        return node.kwargs["input"]
+    return None
+
+
 def _bn_call(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Module, str, Any] | None:
     """(module, name, input node) if ``node`` applies a batch-norm layer, in either form a trace produces."""
-    if node.op == "call_module" and not node.kwargs and len(node.args) == 1:
+    if node.op == "call_module" and _only_input(node) is not None:
         m = modules.get(str(node.target))
         if m is not None and (is_batch_norm(m) or is_frozen_batch_norm(m)):
-            return m, str(node.target), node.args[0]
+            return m, str(node.target), _only_input(node)
     if node.op == "call_function" and node.target is _module_forward and len(node.args) == 2:
         owner = node.args[0]
         if isinstance(owner, torch.fx.Node) and owner.op == "get_attr":
@@ -134,7 +143,7 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
             return None
         if calls.get(name, 0) > 1:
             return f"{name!r} is called more than once in a forward"
-        if len(node.args) != 1 or node.kwargs:
+        if _only_input(node) is None:
             return f"{name!r} is called with more than one argument"
         read = _read_elsewhere(layer, reads)
         if read is not None:
@@ -165,9 +174,11 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
         elif producer is not None and len(source.users) > 1:
             reasons.append(f"the output of {producer[0]!r} is also used elsewhere")
         elif producer is not None:
-            target, new = producer[0], folded_after(producer[1], bn, ranks)
-            if new is None:
-                reasons.append(f"it does not normalize the output channels of {target!r}")
+            target, made = producer[0], folded_after(producer[1], bn, ranks)
+            if isinstance(made, str):
+                reasons.append(f"cannot fold into {target!r}: {made}")
+            else:
+                new = made
         users = list(node.users)
         consumer = weight_layer(users[0]) if new is None and users else None
         if isinstance(consumer, str):
@@ -175,9 +186,11 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
         elif consumer is not None and len(users) > 1:
             reasons.append("its output is also used elsewhere")
         elif consumer is not None:
-            target, new = consumer[0], folded_before(bn, consumer[1], ranks)
-            if new is None:
-                reasons.append(f"{target!r} cannot take it (a padded conv, a transposed conv, or other channels)")
+            target, made = consumer[0], folded_before(bn, consumer[1], ranks)
+            if isinstance(made, str):
+                reasons.append(f"cannot fold into {target!r}: {made}")
+            else:
+                new = made
         if new is None:
             skipped.append((bn_name, "; ".join(reasons) or "no conv or linear layer next to it to fold into"))
             continue
@@ -189,7 +202,7 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
             replace_modules(root, {old: new, bn: nn.Identity()})
             continue
         replace_modules(gm, {old: new})
-        node.replace_all_uses_with(node.args[1] if node.op == "call_function" else node.args[0])
+        node.replace_all_uses_with(source)
         owner = node.args[0] if node.op == "call_function" else None
         gm.graph.erase_node(node)
         if isinstance(owner, torch.fx.Node) and not owner.users:

@@ -140,7 +140,13 @@ def _sequentials(root: nn.Module) -> Iterator[tuple[str, nn.Sequential]]:
 
 
 def _fold_sequential(root: nn.Module, ranks: Ranks) -> Folding:
+    """Fold neighbours inside every nn.Sequential, assuming each runs its children in order on one input.
+
+    Each Sequential's own slots are replaced, not every name a module has: all this method knows is that the
+    Sequential runs it, so a module it shares with other parts of the model keeps its old form there.
+    """
     folded: list[tuple[str, str]] = []
+    reasons: dict[int, list[str]] = {}
     seen: set[int] = set()
     for prefix, seq in list(_sequentials(root)):
         keys = list(seq._modules.keys())
@@ -149,19 +155,23 @@ def _fold_sequential(root: nn.Module, ranks: Ranks) -> Folding:
             a, b = seq._modules[keys[i]], seq._modules[keys[i + 1]]
             names = [f"{prefix}.{k}" if prefix else k for k in keys[i:i + 2]]
             after = None if a is None or b is None else folded_after(a, b, ranks)
-            before = None if a is None or b is None or after is not None else folded_before(a, b, ranks)
-            if after is not None:
+            before = None if a is None or b is None or isinstance(after, nn.Module) else folded_before(a, b, ranks)
+            if isinstance(after, nn.Module):
                 seq._modules[keys[i]], seq._modules[keys[i + 1]] = after, nn.Identity()
                 folded.append((names[1], names[0]))
                 seen.add(id(b))
                 i += 2
-            elif before is not None:
+            elif isinstance(before, nn.Module):
                 seq._modules[keys[i]], seq._modules[keys[i + 1]] = nn.Identity(), before
                 folded.append((names[0], names[1]))
                 seen.add(id(a))
                 i += 1  # the folded layer may still take a batch norm after it
             else:
+                for bn, layer, why in ((b, names[0], after), (a, names[1], before)):
+                    if isinstance(why, str):
+                        reasons.setdefault(id(bn), []).append(f"cannot fold into {layer!r}: {why}")
                 i += 1
-    skipped = [(name, foldable_bn(m) or "no conv or linear neighbour in an nn.Sequential to fold into")
+    skipped = [(name, foldable_bn(m) or "; ".join(reasons.get(id(m), []))
+                or "no conv or linear neighbour in an nn.Sequential to fold into")
                for name, m in norm_layers(root) if id(m) not in seen]
     return Folding(root.eval(), folded, skipped, "sequential")
