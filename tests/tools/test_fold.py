@@ -393,3 +393,11 @@ def test_a_batch_norm_called_with_a_keyword_argument_folds() -> None:
     assert result.folded == [("bn", "conv")] and not result.skipped
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_uninitialized_lazy_model_is_refused_with_the_fix() -> None:
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d()).eval()
+    with pytest.raises(ValueError, match=r"lazy layer '0' \(LazyConv2d\) .*one forward pass"):
+        fold(model)
+    model(torch.randn(2, 3, 6, 6))  # initialized: folds like any other
+    assert len(fold_with_report(_randomize(model)).folded) == 1

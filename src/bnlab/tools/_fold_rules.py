@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bnlab.tools._fold_math import CONV, WEIGHT_LAYERS, WeightLayer, fold_after, fold_before
-from bnlab.tools._layers import NormLayer, has_running_stats, input_ranks, is_uninitialized, running_stats
+from bnlab.tools._layers import NormLayer, has_running_stats, input_ranks, running_stats
 
 #: id(batch-norm module) → the ranks of the inputs it saw on the example inputs (empty without examples).
 Ranks = dict[int, set[int]]
@@ -24,8 +24,6 @@ def foldable_bn(bn: nn.Module) -> str | None:
     """None if ``bn`` is a fixed map at inference that may be folded away, else why it is not."""
     if not isinstance(bn, NormLayer):
         return "not a batch-norm layer"
-    if is_uninitialized(bn):
-        return "it is a lazy layer that has not seen a batch yet"
     if not has_running_stats(bn):
         return "it has no running statistics (track_running_stats=False), so it normalizes with batch statistics"
     if getattr(bn, "normalize_with", None) == "batch" or getattr(bn, "update_stats", None):

@@ -45,7 +45,7 @@ def input_ranks(module: torch.nn.Module) -> tuple[int, ...]:
 
 
 def is_uninitialized(module: torch.nn.Module) -> bool:
-    """A lazy batch-norm layer that has not seen a batch yet, so its buffers have no size."""
+    """A lazy layer that has not seen a batch yet, so its parameters or buffers have no size."""
     return any(is_lazy(t) for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from bnlab.tools._fold_graph import Untraceable, fold_graph, trace
 from bnlab.tools._fold_math import fold_after, fold_before
 from bnlab.tools._fold_rules import Ranks, foldable_bn, folded_after, folded_before
-from bnlab.tools._layers import batch_norm_layers, norm_layers
+from bnlab.tools._layers import batch_norm_layers, is_uninitialized, norm_layers
 
 __all__ = ["FoldFallbackWarning", "Folding", "fold", "fold_after", "fold_before", "fold_with_report"]
 
@@ -91,6 +91,11 @@ def fold_with_report(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ..
             f"statistics into the weights, and in training mode batch norm uses batch statistics instead; "
             f"call model.eval() first"
         )
+    lazy = next(((name, m) for name, m in model.named_modules() if is_uninitialized(m)), None)
+    if lazy is not None:
+        # Checked here: deepcopy would fail first, with torch's message about uninitialized parameters.
+        raise ValueError(f"fold needs initialized layers, but lazy layer {lazy[0]!r} ({type(lazy[1]).__name__}) has "
+                         f"not seen a batch yet; run one forward pass on an example batch first")
     root = copy.deepcopy(model)
     ranks = _record_input_ranks(root, example_inputs)
     if method == "sequential":
