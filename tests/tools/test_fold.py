@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import bnlab
-from bnlab.tools import FoldFallbackWarning, fold, fold_with_report
+from bnlab.tools import FoldAssumptionWarning, FoldFallbackWarning, fold, fold_with_report
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -73,19 +73,19 @@ PATTERNS = [
 @pytest.mark.parametrize("method", ["fx", "sequential"])
 def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str) -> None:
     model = _randomize(build())
-    result = fold_with_report(model, method=method)
+    x = torch.randn(shape)
+    result = fold_with_report(model, method=method, example_inputs=x)  # which also checks the outputs on x
     norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase) for m in model.modules())
     assert len(result.folded) == norms and not result.skipped, result
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase)
                    for m in result.model.modules())
     assert not result.model.training
-    x = torch.randn(shape)
     with torch.no_grad():
         expected, got = model(x), result.model(x)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         # In float64 the fold is exact up to float64 rounding: any slip in the algebra would show here.
         model64 = model.double()
-        folded64 = fold(model64, method=method)
+        folded64 = fold(model64, method=method, example_inputs=x.double())
         torch.testing.assert_close(folded64(x.double()), model64(x.double()), rtol=1e-12, atol=1e-12)
 
 
@@ -152,18 +152,18 @@ def test_a_graph_traced_elsewhere_with_bnlab_layers_folds() -> None:
                                      nn.Linear(6, 2)))
     traced = torch.fx.symbolic_trace(model).eval()
     assert any(n.op == "call_function" for n in traced.graph.nodes)
-    result = fold_with_report(traced)
-    assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     x = torch.randn(4, 5)
+    result = fold_with_report(traced, example_inputs=x)
+    assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_a_graph_module_folds_a_layer_with_batch_norm_on_both_sides() -> None:
     # The graph is rewritten here: the second fold must start from the first fold's layer, not the original.
     model = _randomize(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 5), bnlab.BatchNorm1d(5)))
-    result = fold_with_report(torch.fx.symbolic_trace(model).eval())
-    assert result.folded == [("0", "1"), ("2", "1")]
     x = torch.randn(6, 5)
+    result = fold_with_report(torch.fx.symbolic_trace(model).eval(), example_inputs=x)
+    assert result.folded == [("0", "1"), ("2", "1")]
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
@@ -196,13 +196,22 @@ def test_batch_norm_that_cannot_fold_is_left_in_place() -> None:
     torch.testing.assert_close(result.model(x), model(x))
 
 
-def test_example_inputs_stop_a_wrong_linear_fold() -> None:
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), id="bn-before-linear"),
+    pytest.param(lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), id="bn-after-linear"),
+])
+def test_example_inputs_stop_a_wrong_linear_fold(build: Callable[[], nn.Module]) -> None:
     # BatchNorm1d on (N, C, L) normalizes C while the Linear acts on L; with C == L a blind fold would be wrong.
-    model = _randomize(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)))
+    model = _randomize(build())
     x = torch.randn(2, 4, 4)
     assert fold_with_report(model, example_inputs=x).folded == []
     torch.testing.assert_close(fold(model, example_inputs=x)(x), model(x))
-    assert len(fold_with_report(model, example_inputs=torch.randn(2, 4)).folded) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2-D examples settle the question: no warning
+        assert len(fold_with_report(model, example_inputs=torch.randn(2, 4)).folded) == 1
+    # Without examples 2-D input is assumed, as in an MLP, and the caller is told so.
+    with pytest.warns(FoldAssumptionWarning, match=r"assumes.*2-D.*example_inputs"):
+        assert len(fold_with_report(model).folded) == 1
 
 
 class _Untraceable(nn.Module):
@@ -227,10 +236,10 @@ def test_untraceable_model_names_the_part_and_falls_back() -> None:
     model = _randomize(_Untraceable())
     with pytest.raises(ValueError, match=r"cannot trace 'gate' \(_DataDependent\).*method='sequential'"):
         fold(model, method="fx")
-    with pytest.warns(FoldFallbackWarning, match="'gate'"):
-        result = fold_with_report(model)
-    assert result.method == "sequential" and len(result.folded) == 2
     x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(FoldFallbackWarning, match="'gate'"):
+        result = fold_with_report(model, example_inputs=x)
+    assert result.method == "sequential" and len(result.folded) == 2
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
@@ -401,3 +410,34 @@ def test_an_uninitialized_lazy_model_is_refused_with_the_fix() -> None:
         fold(model)
     model(torch.randn(2, 3, 6, 6))  # initialized: folds like any other
     assert len(fold_with_report(_randomize(model)).folded) == 1
+
+
+class _IndexedSequential(nn.Module):
+    """Untraceable, and calls the members of an nn.Sequential one by one, reusing the conv's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.gate = _DataDependent()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.f[0](x)
+        return self.gate(self.f[2](self.f[1](c)) + c)
+
+
+def test_the_sequential_fallback_states_its_assumption_and_example_inputs_check_it() -> None:
+    model = _randomize(_IndexedSequential())
+    with pytest.warns(FoldFallbackWarning, match="runs its children in order"):
+        fold(model)
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(FoldFallbackWarning), pytest.raises(ValueError, match=r"changed the model's outputs.*in order"):
+        fold(model, example_inputs=x)
+
+
+def test_example_inputs_leave_the_statistics_of_layers_that_update_in_eval_alone() -> None:
+    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)))
+    model = bnlab.tools.freeze(model, "3", normalize_with=None, update_stats=True)  # updates on every forward
+    before = model[3].running_mean.clone()
+    result = fold_with_report(model, example_inputs=torch.randn(2, 3, 6, 6))
+    assert result.folded == [("1", "0")] and [bn for bn, _ in result.skipped] == ["3"]
+    torch.testing.assert_close(result.model[3].running_mean, before, rtol=0, atol=0)

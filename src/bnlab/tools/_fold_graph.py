@@ -192,7 +192,8 @@ def fold_graph(gm: torch.fx.GraphModule, ranks: Ranks, root: nn.Module) -> tuple
             else:
                 new = made
         if new is None:
-            skipped.append((bn_name, "; ".join(reasons) or "no conv or linear layer next to it to fold into"))
+            skipped.append((bn_name, "; ".join(dict.fromkeys(reasons)) or "no conv or linear layer next to it to fold "
+                                                                            "into"))
             continue
         folded.append((bn_name, target))
         old = modules[target]

@@ -79,7 +79,8 @@ def folded_before(bn: nn.Module, layer: nn.Module, ranks: Ranks) -> WeightLayer 
     if not isinstance(bn, NormLayer) or not isinstance(layer, WEIGHT_LAYERS):
         return None
     if not isinstance(layer, (nn.Linear, *CONV)):
-        return "a transposed conv after it cannot take it (its output sums inputs over overlapping windows)"
+        return ("a transposed conv after it cannot take it: the shift β − γE[x]/√(Var[x] + ε) would reach its "
+                "output unevenly near the borders")
     reason = foldable_bn(bn) or _layer_obstacle(layer)
     if reason is not None:
         return reason

@@ -29,21 +29,26 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
+from bnlab.tools._fold_check import discrepancy, outputs
 from bnlab.tools._fold_graph import Untraceable, fold_graph, trace
 from bnlab.tools._fold_math import fold_after, fold_before
 from bnlab.tools._fold_rules import Ranks, foldable_bn, folded_after, folded_before
 from bnlab.tools._layers import batch_norm_layers, is_uninitialized, norm_layers
 
-__all__ = ["FoldFallbackWarning", "Folding", "fold", "fold_after", "fold_before", "fold_with_report"]
+__all__ = ["FoldAssumptionWarning", "FoldFallbackWarning", "Folding", "fold", "fold_after", "fold_before",
+           "fold_with_report"]
 
 METHODS = ("auto", "fx", "sequential")
 
 
 class FoldFallbackWarning(UserWarning):
     """torch.fx could not trace the model, so only ``nn.Sequential`` neighbours were folded."""
+
+
+class FoldAssumptionWarning(UserWarning):
+    """A BatchNorm1d and a Linear were folded assuming 2-D (N, C) input, with no example inputs to check it."""
 
 
 class Folding(NamedTuple):
@@ -97,7 +102,24 @@ def fold_with_report(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ..
         raise ValueError(f"fold needs initialized layers, but lazy layer {lazy[0]!r} ({type(lazy[1]).__name__}) has "
                          f"not seen a batch yet; run one forward pass on an example batch first")
     root = copy.deepcopy(model)
-    ranks = _record_input_ranks(root, example_inputs)
+    args = None if example_inputs is None else (
+        example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+    ranks, expected = ({}, []) if args is None else _run_examples(root, args)
+    result = _fold(root, ranks, method)
+    if args is not None:
+        _check(result, args, expected)
+    else:
+        assumed = [f"{bn!r} into {layer!r}" for bn, layer in result.folded
+                   if isinstance(_submodule(model, layer), nn.Linear)]
+        if assumed:
+            warnings.warn(
+                f"fold assumes 2-D (N, C) input for the BatchNorm1d/Linear pairs it folded ({', '.join(assumed)}): "
+                f"on (N, C, L) input batch norm normalizes C and the Linear acts on L, and the fold would be "
+                f"wrong; pass example_inputs to check", FoldAssumptionWarning, stacklevel=2)
+    return result
+
+
+def _fold(root: nn.Module, ranks: Ranks, method: str) -> Folding:
     if method == "sequential":
         return _fold_sequential(root, ranks)
     try:
@@ -106,21 +128,26 @@ def fold_with_report(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ..
         if method == "fx":
             raise ValueError(f"{err}; fold it with method='sequential' (conv/BN neighbours in nn.Sequential)"
                              ) from err.__cause__
-        warnings.warn(f"{err}; folded only conv/BN neighbours inside nn.Sequential containers",
-                      FoldFallbackWarning, stacklevel=2)
+        warnings.warn(f"{err}; folded only conv/BN neighbours inside nn.Sequential containers, assuming that each "
+                      f"nn.Sequential runs its children in order on one input (pass example_inputs to check)",
+                      FoldFallbackWarning, stacklevel=3)
         return _fold_sequential(root, ranks)
     folded_model, folded, skipped = fold_graph(graph_module, ranks, root)
     return Folding(folded_model, folded, skipped, "fx")
 
 
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- examples
 
-def _record_input_ranks(root: nn.Module, example_inputs: Any) -> Ranks:
-    """id(batch-norm module) → the ranks of the inputs it saw on ``example_inputs`` (empty without examples)."""
+def _run_examples(root: nn.Module, args: tuple[Any, ...]) -> tuple[Ranks, list[Tensor]]:
+    """One forward of the unfolded copy on the examples: the ranks each batch norm's input had, and the outputs."""
     ranks: Ranks = {}
-    if example_inputs is None:
-        return ranks
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
     def record(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         if inputs and isinstance(inputs[0], Tensor):
@@ -128,12 +155,32 @@ def _record_input_ranks(root: nn.Module, example_inputs: Any) -> Ranks:
 
     handles = [m.register_forward_pre_hook(record) for _, m in norm_layers(root)]
     try:
-        with torch.no_grad():
-            root(*args)
+        expected = outputs(root, args)
     finally:
         for h in handles:
             h.remove()
-    return ranks
+    return ranks, expected
+
+
+def _check(result: Folding, args: tuple[Any, ...], expected: list[Tensor]) -> None:
+    """Refuse a fold that changes the outputs on the example inputs beyond float rounding."""
+    if result.method == "sequential":
+        cause = ("the nn.Sequential fallback assumes that each nn.Sequential runs its children in order on one "
+                 "input, and this model's forward does not (it calls members one by one, or reuses their "
+                 "outputs); make the model traceable by torch.fx, or leave it unfolded")
+    else:
+        cause = ("the forward uses the folded layers in a way its torch.fx graph does not show; leave this model "
+                 "unfolded, or fold by hand with bnlab.tools.fold_after / fold_before")
+    random = "; a model whose eval-mode output is random cannot be checked: fold it without example_inputs"
+    try:
+        got = outputs(result.model, args)
+    except Exception as err:
+        raise ValueError(f"the folded model fails on example_inputs ({type(err).__name__}: "
+                         f"{(str(err).strip().splitlines() or [''])[0]}): {cause}") from err
+    error, allowed = discrepancy(expected, got)
+    if not error <= allowed:
+        raise ValueError(f"folding changed the model's outputs on example_inputs by up to {error:.3g}, more than "
+                         f"float rounding ({allowed:.2g}): {cause}{random}")
 
 
 # ----------------------------------------------------------------------------------------------- nn.Sequential
