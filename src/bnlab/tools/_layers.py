@@ -9,6 +9,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
 
 #: torch's batch-norm classes and their subclasses (bnlab's layers, SyncBatchNorm, lazy and user subclasses).
@@ -16,12 +17,21 @@ BatchNormModule = _BatchNorm
 #: Any layer the tools treat as batch norm: trainable or frozen.
 NormLayer = _BatchNorm | FrozenBatchNormBase
 
-#: The input ranks each family of layer takes, trainable or frozen.
-_RANKS: tuple[tuple[tuple[type[torch.nn.Module], ...], tuple[int, ...]], ...] = (
-    ((torch.nn.BatchNorm1d, FrozenBatchNorm1d), (2, 3)),
-    ((torch.nn.BatchNorm2d, FrozenBatchNorm2d), (4,)),
-    ((torch.nn.BatchNorm3d, FrozenBatchNorm3d), (5,)),
+#: The one table of layer families, one row per input rank: torch's class, bnlab's, the frozen one, and the
+#: ranks of input they take. Conversions (convert, freeze, to_frozen, from_frozen) all read it.
+FAMILIES: tuple[tuple[type[_BatchNorm], type[_BatchNorm], type[FrozenBatchNormBase], tuple[int, ...]], ...] = (
+    (torch.nn.BatchNorm1d, BatchNorm1d, FrozenBatchNorm1d, (2, 3)),
+    (torch.nn.BatchNorm2d, BatchNorm2d, FrozenBatchNorm2d, (4,)),
+    (torch.nn.BatchNorm3d, BatchNorm3d, FrozenBatchNorm3d, (5,)),
 )
+TORCH_TO_BNLAB: dict[type[torch.nn.Module], type[_BatchNorm]] = {t: b for t, b, _, _ in FAMILIES}
+BNLAB_TO_TORCH: dict[type[torch.nn.Module], type[_BatchNorm]] = {b: t for t, b, _, _ in FAMILIES}
+#: The trainable classes (exactly these, not subclasses) that have a frozen counterpart, and that counterpart.
+FROZEN_OF: dict[type[torch.nn.Module], type[FrozenBatchNormBase]] = {
+    **{t: f for t, _, f, _ in FAMILIES}, **{b: f for _, b, f, _ in FAMILIES}}
+#: A frozen class → its trainable classes by family ("torch", "bnlab").
+TRAINABLE_OF: dict[type[torch.nn.Module], dict[str, type[_BatchNorm]]] = {
+    f: {"torch": t, "bnlab": b} for t, b, f, _ in FAMILIES}
 
 
 def is_batch_norm(module: torch.nn.Module) -> bool:
@@ -38,8 +48,8 @@ def input_ranks(module: torch.nn.Module) -> tuple[int, ...]:
 
     SyncBatchNorm accepts any rank of at least 2, so it is () (unknown) and the tools treat it conservatively.
     """
-    for classes, ranks in _RANKS:
-        if isinstance(module, classes):
+    for torch_class, _, frozen_class, ranks in FAMILIES:
+        if isinstance(module, torch_class | frozen_class):  # bnlab's layers subclass torch's
             return ranks
     return ()
 
