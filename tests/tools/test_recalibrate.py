@@ -181,9 +181,16 @@ def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "store"), str(outs[r])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    for p in procs:
-        output, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, output.decode()[-2000:]
+    try:
+        for p in procs:
+            output, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, output.decode()[-2000:]
+    finally:
+        # On a timeout or a failed rank the other worker would wait for its peer forever: end both.
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     results = [torch.load(o, weights_only=True) for o in outs]
     for mode in ("pooled", "paper", "cumulative"):
         single = w.model()
