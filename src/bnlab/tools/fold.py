@@ -66,9 +66,11 @@ def fold(model: nn.Module, *, example_inputs: Tensor | tuple[Any, ...] | None = 
 
     Args:
         model: a model in eval mode (``model.eval()``): folding uses the running statistics.
-        example_inputs: optional inputs for one forward pass. A BatchNorm1d next to a Linear is folded only if its
-            input is 2-D (N, C): on 3-D input the two layers act on different dimensions. Without examples that
-            is assumed, as it holds for ``nn.Sequential(Linear, BatchNorm1d)`` MLPs.
+        example_inputs: optional inputs (a tensor, or a tuple of arguments) for one forward pass, with two uses.
+            A BatchNorm1d next to a Linear is folded only if its input is 2-D (N, C): on 3-D input the two layers
+            act on different dimensions; without examples that is assumed, as it holds for MLPs, with a
+            :class:`FoldAssumptionWarning`. And the folded model's outputs on them must equal the original's
+            within float rounding, or a ValueError says which assumption failed.
         method: ``"auto"`` (torch.fx, falling back to ``"sequential"`` with a :class:`FoldFallbackWarning`
             naming the part torch.fx could not trace), ``"fx"`` (raise instead) or ``"sequential"``.
 
