@@ -11,7 +11,9 @@ last hidden layer. The claims are judged in :mod:`bnlab.lab.experiments.fig1_cla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +22,7 @@ from torch import Tensor
 import bnlab
 from bnlab.data import DATASET_NAMES, load_dataset
 from bnlab.lab import engine
-from bnlab.lab.registry import Experiment, RunContext, register
+from bnlab.lab.registry import Experiment, Figure, RunContext, register
 
 __all__ = ["MODELS", "PERCENTILES", "Fig1Config", "build_pair", "eval_steps", "prepare_pixels"]
 
@@ -173,16 +175,27 @@ def train_one(config: Fig1Config, ctx: RunContext, name: str, model: torch.nn.Mo
              "seconds": round(result.seconds, 2)})
 
 
-def _register() -> None:
-    from bnlab.lab.experiments import fig1_claims, fig1_plots
+# The claims and the figures import this module; importing them only when called lets either be imported first.
+def _summarize(config: Fig1Config, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from bnlab.lab.experiments.fig1_claims import summarize
 
+    return summarize(config, records)
+
+
+def _plot(config: Fig1Config, records: list[dict[str, Any]], result: Mapping[str, Any], out_dir: Path) -> list[Figure]:
+    from bnlab.lab.experiments.fig1_plots import plot
+
+    return plot(config, records, result, out_dir)
+
+
+def _register() -> None:
     register(Experiment(
         name="fig1",
         summary="Figure 1: sigmoid MLP with and without BN (test accuracy, drift of the sigmoid inputs)",
         config_cls=Fig1Config,
         train=train,
-        summarize=fig1_claims.summarize,
-        plot=fig1_plots.plot,
+        summarize=_summarize,
+        plot=_plot,
         quick={"steps": 10_000, "eval_every": 250},
         smoke={"dataset": "synthetic", "steps": 60, "eval_every": 20, "hidden": 16},
     ))
