@@ -48,8 +48,8 @@ def register(subparsers: Any) -> None:
 
     p_report = subparsers.add_parser(
         "report", help="rebuild a run's figures and report.html from its files",
-        description="Rebuild the figures, result.json (when missing) and report.html of a run folder from its "
-                    "files alone, and the runs index beside it.",
+        description="Rebuild result.json (the verdicts, from metrics.jsonl), the figures and report.html of a run "
+                    "folder from its files alone, and the runs index beside it.",
     )
     p_report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder, e.g. runs/fig1/20250101-120000")
     p_report.set_defaults(func=_report)
