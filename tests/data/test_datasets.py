@@ -34,6 +34,11 @@ def test_unknown_name_lists_the_names() -> None:
         load_dataset("mnist")
 
 
+def test_data_dir_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="is ignored: synthetic ships inside a Python package"):
+        load_dataset("synthetic", data_dir=tmp_path)
+
+
 def test_synthetic_is_deterministic() -> None:
     a, b, c = load_dataset("synthetic"), load_dataset("synthetic"), load_dataset("synthetic", seed=1)
     check_dataset(a, "synthetic", 28, 600, 200)

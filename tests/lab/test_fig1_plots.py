@@ -65,7 +65,7 @@ def test_panel_a_starts_after_step_0(fig1_run: Path, tmp_path: Path, monkeypatch
 
 def test_figures_use_the_judged_seeds(fig1_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = read_metrics(fig1_run / "metrics.jsonl")
-    cut = next(i for i, r in enumerate(records) if (r["kind"], r["seed"], r["model"]) == ("eval", 1, "bn"))
+    cut = next(i for i, r in enumerate(records) if (r["kind"], r.get("seed"), r.get("model")) == ("eval", 1, "bn"))
     figures = drawn(monkeypatch, SMOKE, records[: cut + 2], tmp_path)  # seed 1 stopped in the BN network
     _, bn = curve(figures["fig1"], "with BN")
     np.testing.assert_allclose(bn, accuracy(records, 0, "bn"))  # seed 0 alone, as the verdicts
@@ -75,7 +75,7 @@ def test_figures_use_the_judged_seeds(fig1_run: Path, tmp_path: Path, monkeypatc
 def test_an_unfinished_only_seed_is_drawn_as_measured(fig1_run: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     records = read_metrics(fig1_run / "metrics.jsonl")
-    cut = next(i for i, r in enumerate(records) if (r["kind"], r["seed"], r["model"]) == ("eval", 0, "bn"))
+    cut = next(i for i, r in enumerate(records) if (r["kind"], r.get("seed"), r.get("model")) == ("eval", 0, "bn"))
     figures = drawn(monkeypatch, SMOKE, records[: cut + 2], tmp_path)  # BN measured at steps 0 and 20 only
     steps, bn = curve(figures["fig1"], "with BN")
     assert steps.tolist() == [20] and bn.tolist() == accuracy(records, 0, "bn")[:1]

@@ -11,7 +11,7 @@ import pytest
 
 from bnlab.lab import engine
 from bnlab.lab.records import RunFilesError, read_metrics
-from bnlab.lab.registry import experiment_names, get_experiment
+from bnlab.lab.registry import RunSetupError, experiment_names, get_experiment
 from bnlab.lab.report import build_report, write_index
 from bnlab.lab.runner import make_config, run_experiment
 
@@ -123,11 +123,16 @@ def test_report_of_a_damaged_run(fig1_run: Path, tmp_path: Path, damage: str, me
 def test_run_arguments_are_checked(tmp_path: Path) -> None:
     experiment = get_experiment("fig1")
     config = make_config(experiment, smoke=True)
-    with pytest.raises(ValueError, match="seeds must differ"):
+    with pytest.raises(RunSetupError, match="seeds must differ"):
         run_experiment(experiment, config, out_root=tmp_path, seeds=(1, 1))
-    with pytest.raises(ValueError, match="at least one seed"):
+    with pytest.raises(RunSetupError, match="at least one seed"):
         run_experiment(experiment, config, out_root=tmp_path, seeds=())
-    assert not (tmp_path / "fig1").exists()  # nothing is written for a refused run
+    with pytest.raises(RunSetupError, match="choose auto, cpu or cuda"):
+        run_experiment(experiment, config, out_root=tmp_path, device="tpu")
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
+        run_experiment(experiment, make_config(experiment, smoke=True, overrides={"dataset": "fashion-mnist"}),
+                       out_root=tmp_path, data_dir=str(tmp_path / "empty"))
+    assert list(tmp_path.iterdir()) == []  # nothing is written for a refused run
 
 
 def test_same_seed_same_measurements(tmp_path: Path) -> None:

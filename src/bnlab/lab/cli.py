@@ -65,8 +65,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bnlab.lab.config import ConfigError
-    from bnlab.lab.records import REPORT
-    from bnlab.lab.registry import get_experiment
+    from bnlab.lab.records import REPORT, RunFilesError
+    from bnlab.lab.registry import RunSetupError, get_experiment
     from bnlab.lab.runner import DEFAULT_THREADS, make_config, run_experiment
 
     try:
@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
                                  data_dir=args.data_dir, quick=args.quick, deterministic=args.deterministic,
                                  threads=DEFAULT_THREADS if args.threads is None else args.threads,
                                  command=command)
-    except (FileNotFoundError, ValueError) as err:  # missing data, a bad seed list, an unusable device
+    # Only the errors that are about the request; any other exception is a bug and keeps its traceback.
+    except (FileNotFoundError, RunSetupError, RunFilesError) as err:
         raise CLIError(str(err)) from None
     _print_verdicts(run_dir)
     print(f"report: {run_dir / REPORT}")

@@ -91,10 +91,12 @@ class MetricsWriter:
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")
+        self.written = 0  # records written through this writer
 
     def __call__(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
         self._file.flush()
+        self.written += 1
 
     def close(self) -> None:
         self._file.close()
