@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bnlab.lab import engine
+from bnlab.lab import engine, records
 from bnlab.lab.records import RunFilesError, read_metrics
 from bnlab.lab.registry import RunSetupError, experiment_names, get_experiment
 from bnlab.lab.report import build_report, write_index
@@ -188,3 +188,13 @@ def test_report_of_a_config_of_the_wrong_shape(fig1_run: Path, tmp_path: Path, c
     with pytest.raises(RunFilesError, match=r"config\.json is damaged: .*bnlab run") as info:
         build_report(copy)
     assert "list indices" not in str(info.value)
+
+
+def test_git_revision_only_from_a_bnlab_checkout(tmp_path: Path) -> None:
+    module = tmp_path / "src" / "bnlab" / "lab" / "records.py"  # as in a checkout, or site-packages' 3 levels up
+    assert records.source_checkout(module) is None  # no pyproject.toml: an installed copy
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other-project"\n')
+    assert records.source_checkout(module) is None  # whatever repo encloses the install is not ours
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bnlab"\nversion = "0"\n')
+    assert records.source_checkout(module) == tmp_path
+    assert records.source_checkout(Path(records.__file__)) is not None  # the tests run from the checkout
