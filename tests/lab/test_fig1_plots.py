@@ -82,6 +82,12 @@ def test_an_unfinished_only_seed_is_drawn_as_measured(fig1_run: Path, tmp_path: 
     assert list(figures) == ["fig1"]  # no drift figure: nothing finished to compare
 
 
+def test_a_network_never_measured_says_so(fig1_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    baseline_only = [r for r in read_metrics(fig1_run / "metrics.jsonl") if r.get("model") != "bn"]
+    panel_c = drawn(monkeypatch, SMOKE, baseline_only, tmp_path)["fig1"].axes[2]
+    assert not panel_c.lines and "not measured" in panel_c.texts[0].get_text()
+
+
 def test_no_drift_figure_for_a_one_evaluation_window(fig1_run: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(get_experiment("fig1"), smoke=True, overrides={"eval_every": 60})  # steps 0 and 60

@@ -72,6 +72,8 @@ def _panels(config: Fig1Config, c: Mapping[str, Curves], out_dir: Path, notes: s
         ax.set(title=f"({letter}) {LABELS[model]}: input of sigmoid {u}", xlabel="training steps")
         ax.grid(alpha=0.3)
         if model not in c:
+            ax.text(0.5, 0.5, "not measured (the run stopped before)", transform=ax.transAxes, ha="center",
+                    color="gray")
             continue
         curve = c[model]
         for k, p in enumerate(PERCENTILES):
