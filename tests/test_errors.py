@@ -81,9 +81,11 @@ def test_input_without_channel_dimension() -> None:
     assert "at least 2 dimensions" in str(ours) and "unsqueeze(0)" in str(ours)
 
 
-def test_integer_input() -> None:
-    with pytest.raises(RuntimeError, match=r"floating-point input.*int64.*input.float"):
-        bnlab.functional.batch_norm(torch.ones(2, 3, dtype=torch.long), torch.zeros(3), torch.ones(3))
+@pytest.mark.parametrize("dtype", [pytest.param(torch.long, id="int64"), pytest.param(torch.complex64, id="complex")])
+def test_non_float_input(dtype: torch.dtype) -> None:
+    ours, theirs = _both(lambda fn: fn(torch.ones(2, 3, dtype=dtype), torch.zeros(3), torch.ones(3)))
+    assert type(ours) is type(theirs) is NotImplementedError
+    assert "floating-point input" in str(ours) and "input.float()" in str(ours)
 
 
 @pytest.mark.parametrize(("x_dtype", "param_dtype"), [

@@ -46,7 +46,8 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
             f"{tuple(input.shape)}; add a batch dimension with input.unsqueeze(0) if this is one sample"
         )
     if input.dtype not in _FLOAT_SET:
-        raise RuntimeError(
+        # torch raises NotImplementedError (a RuntimeError) for integer and complex inputs.
+        raise NotImplementedError(
             f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {input.dtype}; "
             f"convert it with input.float()"
         )

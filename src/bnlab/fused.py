@@ -38,8 +38,9 @@ from torch import Tensor
 from bnlab import _stats
 from bnlab._checks import check_batch_norm_args
 from bnlab.functional import _batch_norm
-from bnlab.kernels import AUTO, available_backends, get_backend, resolve
+from bnlab.kernels import AUTO, ENV_VAR, available_backends, get_backend, resolve
 from bnlab.kernels.fused import ACTIVATIONS, INVERTIBLE, REFERENCE_FUSED, FusedBackend, activate
+from bnlab.kernels.registry import env_override
 from bnlab.reference import algorithm1
 from bnlab.reference.algorithm1 import accumulation_dtype, values_per_channel
 
@@ -83,10 +84,11 @@ def _choose(backend: str, x: Tensor, training: bool, save: str) -> tuple[str, Fu
     chosen = resolve(backend, x.device, x.dtype, x.numel(), training)
     impl = fused_impl(chosen.name)
     if impl is None and save == "output":
-        if backend != AUTO:
+        if backend != AUTO or env_override() is not None:
+            source = f"backend={backend!r}" if backend != AUTO else f"${ENV_VAR}={env_override()}"
             raise ValueError(
-                f"save='output' needs fused kernels, which backend {chosen.name!r} does not have; use "
-                f"backend='auto' or one of {[n for n in available_backends(x.device, x.dtype) if fused_impl(n)]}"
+                f"save='output' needs fused kernels, which backend {chosen.name!r} ({source}) does not have; use "
+                f"one of {[n for n in available_backends(x.device, x.dtype) if fused_impl(n)]}"
             )
         name = next(n for n in available_backends(x.device, x.dtype) if fused_impl(n) is not None)
         return name, fused_impl(name)

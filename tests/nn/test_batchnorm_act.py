@@ -13,7 +13,7 @@ from tolerances import max_error
 
 TORCH_ACT = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.1), "silu": nn.SiLU(), "elu": nn.ELU(),
              "identity": nn.Identity()}
-BACKENDS = [n for n in available_backends("cpu") if n != "triton"]
+BACKENDS = available_backends("cpu")  # triton runs under the interpreter when there is no GPU
 CASES = [
     pytest.param(bnlab.nn.BatchNormAct1d, nn.BatchNorm1d, (8, 5), id="1d"),
     pytest.param(bnlab.nn.BatchNormAct2d, nn.BatchNorm2d, (4, 6, 5, 5), id="2d"),
@@ -68,7 +68,12 @@ def test_zero_gamma_with_save_output_keeps_gradients_exact(backend) -> None:
     for a, b in zip(grads["input"], grads["output"], strict=True):
         torch.testing.assert_close(a, b)
     assert grads["output"][1][1] != 0  # dγ of the zero channel is the true Σ dz·x̂, not 0
-    assert saved["output"] >= saved["input"], "with a zero γ the layer saved x"
+    # Which tensor was kept: with a zero γ, save="output" must have kept x itself (same storage), not y.
+    pointers: list[int] = []
+    xi = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: pointers.append(t.data_ptr()) or t, lambda t: t):
+        y = layers["output"](xi)
+    assert xi.data_ptr() in pointers and y.data_ptr() not in pointers
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "native"])
@@ -182,3 +187,10 @@ def test_torch_fx_traces_the_fused_layer_and_keeps_modes_switchable() -> None:
     traced.eval()
     model.eval()
     torch.testing.assert_close(traced(x), model(x))
+
+
+def test_save_output_under_an_environment_backend_without_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BNLAB_BACKEND", "native")  # the user asked for native everywhere: no silent switch
+    layer = bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", save="output")
+    with pytest.raises(ValueError, match=r"fused kernels.*\$BNLAB_BACKEND=native"):
+        layer(torch.randn(2, 3, 4, 4))

@@ -104,3 +104,11 @@ def test_a_layer_registered_under_two_names_is_converted_under_both() -> None:
     for to in ("frozen", "bnlab"):
         converted = bnlab.convert(model.eval(), to=to)
         assert converted[1] is converted.alias and type(converted[1]) is not torch.nn.BatchNorm2d
+
+
+def test_fused_layers_take_the_backend_and_are_not_frozen_by_replacement() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), bnlab.nn.BatchNormAct2d(4, activation="silu"))
+    assert bnlab.convert(model, backend="reference")[1].backend == "reference"
+    assert type(bnlab.convert(model, to="torch")[1]) is bnlab.nn.BatchNormAct2d  # torch has no fused layer
+    with pytest.raises(ValueError, match=r"fused batch norm \+ activation.*bnlab.freeze"):
+        bnlab.convert(model, to="frozen")

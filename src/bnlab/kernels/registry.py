@@ -82,7 +82,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     :meth:`~bnlab.kernels.base.Backend.auto_min_numel` for that size and mode, passing over a backend that is
     only faster on larger layers; an explicit name or ``$BNLAB_BACKEND`` is never second-guessed.
     """
-    env = os.environ.get(ENV_VAR, "")
+    env = env_override() or ""
     if torch.compiler.is_compiling():
         # Answered outside the graph: availability checks may import or even build kernels, which a tracer
         # cannot follow. The size-aware choice is left out here, since shapes may be symbolic while tracing.
@@ -91,9 +91,15 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     backend = _RESOLVED.get(key)
     if backend is None:
         backend = _RESOLVED[key] = _resolve(*key)
-    if numel is not None and name == AUTO and not (env and env != AUTO):
+    if numel is not None and name == AUTO and not env:
         backend = _by_size(backend, device, dtype, numel, training)
     return backend
+
+
+def env_override() -> str | None:
+    """The backend ``$BNLAB_BACKEND`` names in place of ``"auto"``, or None (this is the one place it is read)."""
+    env = os.environ.get(ENV_VAR, "")
+    return env if env and env != AUTO else None
 
 
 @torch.compiler.assume_constant_result
@@ -116,7 +122,7 @@ def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int
 
 def _resolve(name: str, env: str, device_type: str, dtype: torch.dtype) -> Backend:
     source = "backend"
-    if name == AUTO and env and env != AUTO:
+    if name == AUTO and env:
         name, source = env, f"${ENV_VAR}"
     device = torch.device(device_type)
     if name == AUTO:

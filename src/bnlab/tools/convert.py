@@ -17,6 +17,8 @@ import copy
 import torch
 
 from bnlab.kernels import check_backend_name
+from bnlab.nn.batchnorm import _BackendMixin
+from bnlab.nn.batchnorm_act import _ActMixin
 from bnlab.nn.frozen import FrozenBatchNormBase
 from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, replace_modules
 from bnlab.tools.freeze import from_frozen, to_frozen
@@ -37,7 +39,9 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             (``SyncBatchNorm``, uninitialized lazy modules, user subclasses) are left as they are: their
             forward may do more than batch norm. ``"frozen"`` replaces torch's and bnlab's layers by
             ``bnlab.nn.FrozenBatchNorm1d/2d/3d`` (a layer without running statistics is a ValueError);
-            "torch" and "bnlab" turn frozen layers back into trainable ones.
+            "torch" and "bnlab" turn frozen layers back into trainable ones. The fused
+            ``BatchNormAct`` layers have no torch or frozen counterpart: ``to="torch"`` leaves them as they are
+            and ``to="frozen"`` refuses them (``bnlab.freeze`` freezes them in place).
         backend: with ``to="bnlab"``, the backend of every bnlab module afterwards. None (the default) gives
             converted modules ``"auto"`` and leaves bnlab modules already in the model as they are.
         inplace: convert ``model`` itself instead of a deep copy. A root that is itself replaced (a single
@@ -51,6 +55,14 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
         check_backend_name(backend)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    if to == "frozen":
+        fused = [name for name, m in model.named_modules() if isinstance(m, _ActMixin)]
+        if fused:
+            raise ValueError(
+                f"{fused[0] or 'the model'} is a fused batch norm + activation layer, which a FrozenBatchNorm "
+                f"cannot stand for (it would drop the activation); freeze it in place with bnlab.freeze(model) "
+                f"instead"
+            )
     root = model if inplace else copy.deepcopy(model)
     root = _replace_frozen(root, to, backend)
     if to == "frozen":
@@ -65,7 +77,8 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             # torch's layers have no backend and no freeze switches (bnlab.tools.freeze): those are dropped.
             for attribute in ("backend", "normalize_with", "update_stats"):
                 module.__dict__.pop(attribute, None)
-        elif to == "bnlab" and type(module) in BNLAB_TO_TORCH and (backend is not None or target is not None):
+        elif to == "bnlab" and isinstance(module, _BackendMixin) and (backend is not None or target is not None):
+            # Every bnlab layer has a backend, the fused BatchNormAct layers included.
             setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
     return root
 
