@@ -18,8 +18,9 @@ import torch
 from bnlab.kernels import get_backend, registry
 from bnlab.kernels.fused import REFERENCE_FUSED
 from bnlab.kernels.triton import plan
+from bnlab.reference import algorithm1 as a1
 from cases import make_input
-from tolerances import FLOOR, max_error
+from tolerances import FLOOR, assert_as_accurate_as_torch, max_error
 
 # Not imported here: the interpreter only works if triton is first imported with TRITON_INTERPRET=1 set.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -32,6 +33,16 @@ CASES = [
     pytest.param((8, 3, 30, 40), "contiguous", id="NCHW-split"),  # M = 9600: split reduction + merge
     pytest.param((8, 5, 30, 20), "channels_last", id="channels_last-split"),
     pytest.param((2000, 70), "contiguous", id="1d-split"),
+]
+# (shape, layout, offset, spread): M not a multiple of the tile, so the last tile of a split is partly masked, and a
+# mean that dwarfs the spread, so masked lanes that added anything to the moments (even −K for the shift K the
+# split path subtracts) would wreck the variance.
+RAGGED_OFFSET_CASES = [
+    pytest.param((8, 3, 30, 41), "contiguous", 1e4, 1.0, id="NCHW-split-ragged-1e4"),
+    pytest.param((8, 3, 30, 40), "contiguous", 1e6, 1e-2, id="NCHW-split-ragged-1e6"),  # 9600 = 9·1024 + 384
+    pytest.param((8, 5, 30, 21), "channels_last", 1e4, 1.0, id="channels_last-split-ragged-1e4"),
+    pytest.param((2001, 70), "contiguous", 1e4, 1.0, id="1d-split-ragged-1e4"),
+    pytest.param((5, 3, 7, 9), "contiguous", 1e4, 1.0, id="NCHW-one-pass-1e4"),
 ]
 MODES = [
     pytest.param("identity", "input", False, id="bn"),
@@ -120,6 +131,19 @@ def test_triton_matches_reference(device, dtype, shape, layout, activation, save
         bound = slack * ((2 * max_error(mid, ref) if mid is not None else 0.0) + 4 * FLOOR[dtype] * scale)
         bound = max(bound, 4 * FLOOR[torch.float32] * scale * (ref.numel() ** 0.5))
         assert max_error(ours.cpu(), ref) <= bound, f"{what}: {max_error(ours.cpu(), ref):.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize(("shape", "layout", "offset", "spread"), RAGGED_OFFSET_CASES)
+def test_triton_statistics_on_ragged_tiles_with_large_offsets(device, shape, layout, offset, spread) -> None:
+    x = (offset + spread * torch.randn(shape, dtype=torch.float64)).float()
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    out = get_backend("triton").forward_train(x.to(device), None, None, 1e-5)
+    exact = a1.forward_train(x.double())
+    y_torch = torch.nn.functional.batch_norm(x, None, None, training=True)
+    assert_as_accurate_as_torch(out.y.cpu(), y_torch, exact.y, torch.float32)
+    assert max_error(out.mean.cpu(), exact.mean) <= 4 * FLOOR[torch.float32] * offset
+    rel_var_err = ((out.var.cpu().double() - exact.var) / exact.var).abs().max().item()
+    assert rel_var_err < 1e-3, f"relative variance error {rel_var_err:.3g}"
 
 
 @pytest.mark.parametrize(("shape", "layout"), [CASES[0], CASES[3], CASES[4]])

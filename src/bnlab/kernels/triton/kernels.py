@@ -160,7 +160,10 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
         m = m0 + tl.arange(0, BLOCK_M)
         mmask = m < end
         mask = cmask[:, None] & mmask[None, :]
-        x = tl.load(x_ptr + _offsets(c, m, S, sN, sC, sS), mask=mask, other=0.0).to(tl.float32) - shift[:, None]
+        offs = _offsets(c, m, S, sN, sC, sS)
+        # Masked lanes must be 0 after the shift, not 0 − K: each would add −K to the tile's sum and K² to its
+        # squares, which the dsum correction below only partly undoes (the variance cancels catastrophically).
+        x = tl.where(mask, tl.load(x_ptr + offs, mask=mask).to(tl.float32) - shift[:, None], 0.0)
         n_b = tl.sum(mmask.to(tl.float32), axis=0)
         mean_b = tl.sum(x, axis=1) / n_b
         d = tl.where(mask, x - mean_b[:, None], 0.0)
