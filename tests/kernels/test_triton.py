@@ -146,6 +146,45 @@ def test_triton_statistics_on_ragged_tiles_with_large_offsets(device, shape, lay
     assert rel_var_err < 1e-3, f"relative variance error {rel_var_err:.3g}"
 
 
+def _odd_size1_strides(shape: tuple[int, ...], layout: str) -> torch.Tensor:
+    """Dense values of ``shape`` (last dimension of size 1) whose size-1 dimension has a stride no dense layout
+    gives it: is_contiguous() ignores the strides of size-1 dimensions, so such a tensor counts as contiguous
+    (or channels_last) as it is, and a kernel that took its step along s from stride(-1) would read out of bounds.
+    """
+    if layout == "channels_last":  # (N, C, H, 1) stored as N, H, C; the stride of W is C + 1 instead of C
+        C, H = shape[1], shape[2]
+        return torch.randn(torch.Size(shape).numel()).as_strided(shape, (H * C, 1, C, C + 1))
+    # (..., L, 1) made by transposing (..., 1, L): the stride of the last dimension is L instead of 1
+    return torch.randn(*shape[:-2], 1, shape[-2]).transpose(-1, -2)
+
+
+ODD_STRIDE_CASES = [
+    pytest.param((4, 3, 5, 1), "contiguous", id="NCHW-W1-one-pass"),
+    pytest.param((64, 3, 80, 1), "contiguous", id="NCHW-W1-split"),
+    pytest.param((2, 3, 4, 5, 1), "contiguous", id="NCDHW-W1"),
+    pytest.param((2, 6, 5, 1), "channels_last", id="channels_last-W1"),
+]
+
+
+@pytest.mark.parametrize(("shape", "layout"), ODD_STRIDE_CASES)
+def test_triton_ignores_the_strides_of_size1_dims(device, shape, layout) -> None:
+    # x, the residual and ∂ℓ/∂y all with the odd strides, against the same values stored densely: same kernels,
+    # same data, so the results must be bit-identical (the dense run itself is checked against the reference).
+    x, r, g = (_odd_size1_strides(shape, layout).to(device) for _ in range(3))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert x.is_contiguous(memory_format=fmt) and x.stride() != x.clone(memory_format=fmt).stride()
+    dense = [t.clone(memory_format=fmt) for t in (x, r, g)]
+    w, b = torch.randn(shape[1]).to(device), torch.randn(shape[1]).to(device)
+    tb = get_backend("triton")
+    odd_run, dense_run = _run(tb, x, r, w, b, g, "relu", "input"), _run(tb, *dense[:2], w, b, dense[2], "relu",
+                                                                      "input")
+    for a, c in zip([*odd_run[0], *odd_run[1]], [*dense_run[0], *dense_run[1]], strict=True):
+        assert torch.equal(a, c)
+    rm, rv = torch.randn(shape[1]).to(device), (torch.rand(shape[1]) + 0.5).to(device)
+    assert torch.equal(tb.fused_forward_eval(x, r, rm, rv, w, b, 1e-5, "relu", 0.0),
+                       tb.fused_forward_eval(dense[0], dense[1], rm, rv, w, b, 1e-5, "relu", 0.0))
+
+
 @pytest.mark.parametrize(("shape", "layout"), [CASES[0], CASES[3], CASES[4]])
 def test_triton_eval_and_determinism(device, shape, layout) -> None:
     x, r, w, b, g = _inputs(shape, layout, True, torch.float32, device)

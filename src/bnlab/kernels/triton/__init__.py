@@ -82,24 +82,28 @@ def _programs_wanted(device_index: int) -> int:
 
 
 class _View:
-    """A tensor as (N, C, S) with strides (sN, sC, sS), in the memory format the outputs will have."""
+    """A problem seen as (N, C, S), every tensor of it dense in the memory format the outputs will have.
+
+    ``strides`` (sN, sC, sS) are those of that format, (C·S, S, 1) or (S·C, 1, C), the same for x, the residual,
+    ∂ℓ/∂y and the outputs once arranged (:meth:`arrange`). They are derived, never read off a tensor: ``is_contiguous``
+    ignores the strides of size-1 dimensions, so a tensor that needs no copy may still report any stride there
+    (``randn(4, 3, 1, 5).transpose(2, 3)`` has stride 5 on its last dimension), and the kernels must not use it.
+    """
 
     def __init__(self, x: Tensor) -> None:
         self.fmt = memory_format_of(x)
         self.N, self.C = x.shape[0], x.shape[1]
         self.S = math.prod(x.shape[2:])
         self.M = self.N * self.S
+        channels_last = self.fmt != torch.contiguous_format
+        self.strides = (self.S * self.C, 1, self.C) if channels_last else (self.C * self.S, self.S, 1)
 
     def arrange(self, t: Tensor) -> Tensor:
         return t.contiguous(memory_format=self.fmt)
 
-    def strides(self, t: Tensor) -> tuple[int, int, int]:
-        # The flat spatial index s walks the last dimension fastest: stride 1 (NCHW) or C (channels_last).
-        return t.stride(0), t.stride(1), (t.stride(-1) if t.dim() > 2 else 1)
-
-    def plan(self, t: Tensor) -> Plan:
-        channels_contiguous = t.stride(1) == 1
-        device_index = t.device.index if t.device.type == "cuda" and t.device.index is not None else 0
+    def plan(self, device: torch.device) -> Plan:
+        channels_contiguous = self.strides[1] == 1  # channels_last, or no spatial dimensions (S = 1)
+        device_index = device.index if device.type == "cuda" and device.index is not None else 0
         return plan(self.C, self.M, channels_contiguous, _programs_wanted(device_index))
 
 
@@ -145,11 +149,11 @@ class TritonBackend(Backend, FusedBackend):
         y = torch.empty_like(x, memory_format=view.fmt)
         # Separate tensors: outputs of a custom op may not alias one another.
         mean, invstd, var = (torch.empty(view.C, dtype=torch.float32, device=x.device) for _ in range(3))
-        p = view.plan(x)
+        p = view.plan(x.device)
         c_blocks = math.ceil(view.C / p.block_c)
         flags = _flags(activation, res, weight, bias)
         w, b = _param(weight, x), _param(bias, x)
-        common = (view.C, view.S, view.M, *view.strides(x))
+        common = (view.C, view.S, view.M, *view.strides)
         if p.one_pass:
             k._forward_one_pass[(c_blocks,)](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
                                             negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
@@ -158,7 +162,7 @@ class TritonBackend(Backend, FusedBackend):
         counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
         k._stats_partial[(c_blocks, p.splits)](x, counts, partial[0], partial[1], *common, p.m_per_split,
                                                BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-        k._stats_merge[(c_blocks,)](x, counts, partial[0], partial[1], mean, invstd, var, view.C, x.stride(1),
+        k._stats_merge[(c_blocks,)](x, counts, partial[0], partial[1], mean, invstd, var, view.C, view.strides[1],
                                     p.splits, eps, BLOCK_C=p.block_c)
         k._normalize[(c_blocks, math.ceil(view.M / p.block_m))](
             x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
@@ -176,12 +180,12 @@ class TritonBackend(Backend, FusedBackend):
         dx = torch.empty_like(saved, memory_format=view.fmt)
         dres = torch.empty_like(saved, memory_format=view.fmt) if need_dresidual else None
         dweight, dbias = (torch.empty(view.C, dtype=torch.float32, device=saved.device) for _ in range(2))
-        p = view.plan(saved)
+        p = view.plan(saved.device)
         c_blocks = math.ceil(view.C / p.block_c)
         flags = {**_flags(activation, res, weight, bias), "FROM_OUTPUT": from_output}
         w, b = _param(weight, saved), _param(bias, saved)
         mean, invstd = mean.contiguous(), invstd.contiguous()
-        common = (view.C, view.S, view.M, *view.strides(saved))
+        common = (view.C, view.S, view.M, *view.strides)
         if p.one_pass:
             k._backward_one_pass[(c_blocks,)](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd,
                                              dweight, dbias, *common, negative_slope, **flags,
@@ -208,11 +212,11 @@ class TritonBackend(Backend, FusedBackend):
         y = torch.empty_like(x, memory_format=view.fmt)
         mean = running_mean.float().contiguous()
         invstd = torch.rsqrt(running_var.float() + eps)  # (C,): a negligible op beside the elementwise pass
-        p = view.plan(x)
+        p = view.plan(x.device)
         block_m = p.block_m if not p.one_pass else min(p.block_m, max(16, _TILE // p.block_c))
         k._normalize[(math.ceil(view.C / p.block_c), math.ceil(view.M / block_m))](
             x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C, view.S, view.M,
-            *view.strides(x), negative_slope, **_flags(activation, res, weight, bias), BLOCK_C=p.block_c,
+            *view.strides, negative_slope, **_flags(activation, res, weight, bias), BLOCK_C=p.block_c,
             BLOCK_M=block_m)
         return y
 
