@@ -88,6 +88,46 @@ def test_plans_are_cached_and_cover_both_paths() -> None:
     assert plan(3, 9600, False, 4) is split  # lru_cache: no re-planning on the critical path
 
 
+# Shapes whose grids would overflow CUDA's limits with the M blocks on axis 1 (65,535 programs there, 2³¹ − 1 on
+# axis 0): checked on meta tensors with the kernels replaced by recorders, so nothing launches or allocates.
+HUGE_CASES = [
+    pytest.param((512, 64, 112, 112), "channels_last", id="channels_last-stem-100k-m-blocks"),
+    pytest.param((5_000_000, 64), "contiguous", id="1d-5M-rows-78k-m-blocks"),
+    pytest.param((4096, 300_000, 2), "contiguous", id="NCL-300k-channels-75k-c-blocks"),
+]
+CUDA_GRID_LIMITS = (2**31 - 1, 65_535, 65_535)
+
+
+class _GridRecorder:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` records the grid instead of launching."""
+
+    def __init__(self, name: str, grids: list[tuple[str, tuple[int, ...]]]) -> None:
+        self.name, self.grids = name, grids
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        return lambda *args, **kwargs: self.grids.append((self.name, grid))
+
+
+@pytest.mark.parametrize(("shape", "layout"), HUGE_CASES)
+def test_launch_grids_stay_within_cuda_limits(monkeypatch, shape, layout) -> None:
+    from bnlab.kernels.triton import kernels
+
+    grids: list[tuple[str, tuple[int, ...]]] = []
+    for name in ("_forward_one_pass", "_stats_partial", "_stats_merge", "_normalize", "_backward_one_pass",
+                 "_grad_partial", "_grad_merge", "_grad_input"):
+        monkeypatch.setattr(kernels, name, _GridRecorder(name, grids))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x, g = (torch.empty(shape, device="meta", memory_format=fmt) for _ in range(2))
+    c = torch.empty(shape[1], device="meta")
+    tb = get_backend("triton")
+    out = tb.forward_train(x, c, c, 1e-5)
+    tb.backward(g, x, c, out.mean, out.invstd)
+    tb.forward_eval(x, c, c, c, c, 1e-5)
+    assert {name for name, _ in grids} >= {"_stats_partial", "_normalize", "_grad_partial", "_grad_input"}
+    for name, grid in grids:
+        assert all(n <= limit for n, limit in zip(grid, CUDA_GRID_LIMITS, strict=False)), f"{name}: grid {grid}"
+
+
 def _inputs(shape, layout, residual, dtype, device):
     x = make_input(shape, layout, dtype).to(device)
     r = make_input(shape, layout, dtype).to(device) if residual else None

@@ -214,8 +214,9 @@ def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M,
                ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     # x_ptr, r_ptr, y_ptr: (N, C, S); w_ptr, b_ptr, mean_ptr, invstd_ptr: (C,) fp32. y = act(x·scale + shift + r).
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = cmask[:, None] & (m < M)[None, :]
     offs = _offsets(c, m, S, sN, sC, sS)
@@ -321,8 +322,9 @@ def _grad_input(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_ptr, inv
                 ACT: tl.constexpr, FROM_OUTPUT: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr,
                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     # As _backward_one_pass, for one (channel block, M block) tile, with Σdz (db) and Σdz·x̂ (dw) already known.
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = cmask[:, None] & (m < M)[None, :]
     offs = _offsets(c, m, S, sN, sC, sS)
