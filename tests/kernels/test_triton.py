@@ -7,10 +7,12 @@ for the whole core suite). With a GPU the same cases run on CUDA; without one th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -98,34 +100,84 @@ HUGE_CASES = [
 CUDA_GRID_LIMITS = (2**31 - 1, 65_535, 65_535)
 
 
-class _GridRecorder:
-    """Stands in for a Triton kernel: ``kernel[grid](...)`` records the grid instead of launching."""
+KERNELS = ("_forward_one_pass", "_stats_partial", "_stats_merge", "_normalize", "_backward_one_pass",
+           "_grad_partial", "_grad_merge", "_grad_input")
 
-    def __init__(self, name: str, grids: list[tuple[str, tuple[int, ...]]]) -> None:
-        self.name, self.grids = name, grids
 
-    def __getitem__(self, grid: tuple[int, ...]):
-        return lambda *args, **kwargs: self.grids.append((self.name, grid))
+class Launch(NamedTuple):
+    kernel: str
+    grid: tuple[int, ...]
+    device: torch.device | None  # the device the launch was guarded onto (None: outside any guard)
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[Launch]:
+    """Replace every Triton kernel with a recorder: ``kernel[grid](...)`` records the launch instead of running it."""
+    import bnlab.kernels.triton as backend_module
+    from bnlab.kernels.triton import kernels
+
+    recorded: list[Launch] = []
+    guard: list[torch.device] = []
+
+    @contextlib.contextmanager
+    def launching_on(device: torch.device) -> Iterator[None]:
+        guard.append(device)
+        yield
+        guard.pop()
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getitem__(self, grid: tuple[int, ...]):
+            return lambda *args, **kwargs: recorded.append(Launch(self.name, grid, guard[-1] if guard else None))
+
+    for name in KERNELS:
+        monkeypatch.setattr(kernels, name, Recorder(name))
+    monkeypatch.setattr(backend_module, "_launching_on", launching_on)
+    return recorded
+
+
+def _run_all_passes(x: torch.Tensor) -> None:
+    c = torch.empty(x.shape[1], device=x.device)
+    tb = get_backend("triton")
+    out = tb.forward_train(x, c, c, 1e-5)
+    tb.backward(torch.empty_like(x), x, c, out.mean, out.invstd)
+    tb.forward_eval(x, c, c, c, c, 1e-5)
 
 
 @pytest.mark.parametrize(("shape", "layout"), HUGE_CASES)
-def test_launch_grids_stay_within_cuda_limits(monkeypatch, shape, layout) -> None:
-    from bnlab.kernels.triton import kernels
-
-    grids: list[tuple[str, tuple[int, ...]]] = []
-    for name in ("_forward_one_pass", "_stats_partial", "_stats_merge", "_normalize", "_backward_one_pass",
-                 "_grad_partial", "_grad_merge", "_grad_input"):
-        monkeypatch.setattr(kernels, name, _GridRecorder(name, grids))
+def test_launch_grids_stay_within_cuda_limits(launches, shape, layout) -> None:
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x, g = (torch.empty(shape, device="meta", memory_format=fmt) for _ in range(2))
-    c = torch.empty(shape[1], device="meta")
-    tb = get_backend("triton")
-    out = tb.forward_train(x, c, c, 1e-5)
-    tb.backward(g, x, c, out.mean, out.invstd)
-    tb.forward_eval(x, c, c, c, c, 1e-5)
-    assert {name for name, _ in grids} >= {"_stats_partial", "_normalize", "_grad_partial", "_grad_input"}
-    for name, grid in grids:
-        assert all(n <= limit for n, limit in zip(grid, CUDA_GRID_LIMITS, strict=False)), f"{name}: grid {grid}"
+    _run_all_passes(torch.empty(shape, device="meta", memory_format=fmt))  # meta: nothing is allocated
+    assert {launch.kernel for launch in launches} >= {"_stats_partial", "_normalize", "_grad_partial", "_grad_input"}
+    for launch in launches:
+        assert all(n <= limit for n, limit in zip(launch.grid, CUDA_GRID_LIMITS, strict=False)), launch
+
+
+@pytest.mark.parametrize(("shape", "layout"), [CASES[1], CASES[3]])
+def test_every_launch_is_guarded_onto_the_inputs_device(launches, shape, layout) -> None:
+    x = make_input(shape, layout).to("meta")
+    _run_all_passes(x)
+    assert len(launches) >= 3 and all(launch.device == x.device for launch in launches), launches
+
+
+def test_the_launch_guard_switches_to_the_inputs_gpu() -> None:
+    from bnlab.kernels.triton import _launching_on
+
+    guard = _launching_on(torch.device("cuda", 1))  # built, not entered: entering needs the GPU
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(_launching_on(torch.device("cpu")), torch.cuda.device)
+
+
+def test_runs_on_a_gpu_that_is_not_the_current_one() -> None:
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs: the input on cuda:1 while cuda:0 is current")
+    x = make_input((8, 3, 30, 40), "contiguous").to("cuda:1")
+    out = get_backend("triton").forward_train(x, None, None, 1e-5)
+    y_torch = torch.nn.functional.batch_norm(x, None, None, training=True)
+    assert torch.cuda.current_device() == 0 and out.y.device == x.device
+    assert max_error(out.y, y_torch) < 1e-4
 
 
 def _inputs(shape, layout, residual, dtype, device):

@@ -12,10 +12,12 @@ several programs whose partial results are merged in a fixed order, so two runs 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import os
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import torch
@@ -178,18 +180,19 @@ class TritonBackend(Backend, FusedBackend):
         flags = _flags(activation, res, weight, bias)
         w, b = _param(weight, x), _param(bias, x)
         common = (view.C, view.S, view.M, *view.strides)
-        if p.one_pass:
-            k._forward_one_pass[p.channel_grid](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
-                                            negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-            return TrainForward(y, mean, invstd, var)
-        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=x.device)
-        counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
-        k._stats_partial[p.split_grid](x, counts, partial[0], partial[1], *common, p.m_per_split,
-                                       BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-        k._stats_merge[p.channel_grid](x, counts, partial[0], partial[1], mean, invstd, var, view.C,
-                                       view.strides[1], p.splits, eps, BLOCK_C=p.block_c)
-        k._normalize[p.tile_grid](x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
-                                  BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
+        with _launching_on(x.device):
+            if p.one_pass:
+                k._forward_one_pass[p.channel_grid](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
+                                                    negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+                return TrainForward(y, mean, invstd, var)
+            partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=x.device)
+            counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
+            k._stats_partial[p.split_grid](x, counts, partial[0], partial[1], *common, p.m_per_split,
+                                           BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            k._stats_merge[p.channel_grid](x, counts, partial[0], partial[1], mean, invstd, var, view.C,
+                                           view.strides[1], p.splits, eps, BLOCK_C=p.block_c)
+            k._normalize[p.tile_grid](x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
+                                      BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return TrainForward(y, mean, invstd, var)
 
     def fused_backward(self, grad_y: Tensor, saved: Tensor, residual: Tensor | None, weight: Tensor | None,
@@ -208,19 +211,22 @@ class TritonBackend(Backend, FusedBackend):
         w, b = _param(weight, saved), _param(bias, saved)
         mean, invstd = mean.contiguous(), invstd.contiguous()
         common = (view.C, view.S, view.M, *view.strides)
-        if p.one_pass:
-            k._backward_one_pass[p.channel_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean,
-                                                invstd, dweight, dbias, *common, negative_slope, **flags,
-                                                WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-            return FusedBackward(dx, dres, dweight, dbias)
-        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=saved.device)
-        k._grad_partial[p.split_grid](grad_y, saved, _or(res, saved), w, b, mean, invstd, partial[0], partial[1],
-                                      *common, negative_slope, p.m_per_split, **flags, BLOCK_C=p.block_c,
-                                      BLOCK_M=p.block_m)
-        k._grad_merge[p.channel_grid](partial[0], partial[1], dweight, dbias, view.C, p.splits, BLOCK_C=p.block_c)
-        k._grad_input[p.tile_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd, dweight,
-                                   dbias, *common, negative_slope, **flags, WRITE_DRES=dres is not None,
-                                   BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
+        with _launching_on(saved.device):
+            if p.one_pass:
+                k._backward_one_pass[p.channel_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean,
+                                                     invstd, dweight, dbias, *common, negative_slope, **flags,
+                                                     WRITE_DRES=dres is not None, BLOCK_C=p.block_c,
+                                                     BLOCK_M=p.block_m)
+                return FusedBackward(dx, dres, dweight, dbias)
+            partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=saved.device)
+            k._grad_partial[p.split_grid](grad_y, saved, _or(res, saved), w, b, mean, invstd, partial[0],
+                                          partial[1], *common, negative_slope, p.m_per_split, **flags,
+                                          BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            k._grad_merge[p.channel_grid](partial[0], partial[1], dweight, dbias, view.C, p.splits,
+                                          BLOCK_C=p.block_c)
+            k._grad_input[p.tile_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd,
+                                       dweight, dbias, *common, negative_slope, **flags,
+                                       WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return FusedBackward(dx, dres, dweight, dbias)
 
     def fused_forward_eval(self, x: Tensor, residual: Tensor | None, running_mean: Tensor, running_var: Tensor,
@@ -235,10 +241,17 @@ class TritonBackend(Backend, FusedBackend):
         mean = running_mean.float().contiguous()
         invstd = torch.rsqrt(running_var.float() + eps)  # (C,): a negligible op beside the elementwise pass
         p = view.plan(x.device)
-        k._normalize[p.tile_grid](x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C, view.S,
-                                  view.M, *view.strides, negative_slope, **_flags(activation, res, weight, bias),
-                                  BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
+        with _launching_on(x.device):
+            k._normalize[p.tile_grid](x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C,
+                                      view.S, view.M, *view.strides, negative_slope,
+                                      **_flags(activation, res, weight, bias), BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return y
+
+
+def _launching_on(device: torch.device) -> AbstractContextManager[object]:
+    # Triton launches on the current CUDA device, which need not be the input's (x on cuda:1 while cuda:0 is
+    # current); on the CPU (the interpreter) there is nothing to switch.
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _flags(activation: str, res: Tensor | None, weight: Tensor | None, bias: Tensor | None) -> dict[str, Any]:
