@@ -90,6 +90,23 @@ def test_plans_are_cached_and_cover_both_paths() -> None:
     assert plan(3, 9600, False, 4) is split  # lru_cache: no re-planning on the critical path
 
 
+def test_the_interpreter_plans_for_few_programs_even_beside_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnlab.kernels import triton as backend_module
+
+    sm_count = type("Properties", (), {"multi_processor_count": 132})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: sm_count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    backend_module._gpu_programs.cache_clear()
+    try:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert backend_module._programs_wanted(torch.device("cuda", 0)) == backend_module._INTERPRETER_PROGRAMS
+        assert backend_module._programs_wanted(torch.device("cpu")) == backend_module._INTERPRETER_PROGRAMS
+        monkeypatch.delenv("TRITON_INTERPRET")
+        assert backend_module._programs_wanted(torch.device("cuda", 0)) == 4 * 132
+    finally:
+        backend_module._gpu_programs.cache_clear()  # forget the made-up GPU
+
+
 # Shapes whose grids would overflow CUDA's limits with the M blocks on axis 1 (65,535 programs there, 2³¹ − 1 on
 # axis 0): checked on meta tensors with the kernels replaced by recorders, so nothing launches or allocates.
 HUGE_CASES = [

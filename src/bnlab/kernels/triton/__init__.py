@@ -101,10 +101,21 @@ def plan(C: int, M: int, channels_contiguous: bool, programs_wanted: int) -> Pla
     return Plan(block_c, block_m, False, math.ceil(M / m_per_split), m_per_split, *tiles)
 
 
+_INTERPRETER_PROGRAMS = 4
+
+
+def _programs_wanted(device: torch.device) -> int:
+    """How many programs a split pass should launch: enough to fill the GPU, few under the interpreter.
+
+    The interpreter runs each program as a Python loop whatever the machine, so its count ignores any GPU present.
+    """
+    if device.type != "cuda" or _interpreting():
+        return _INTERPRETER_PROGRAMS
+    return _gpu_programs(device.index if device.index is not None else torch.cuda.current_device())
+
+
 @functools.lru_cache(maxsize=16)
-def _programs_wanted(device_index: int) -> int:
-    if not torch.cuda.is_available():
-        return 4  # the interpreter: few programs, each one a Python loop
+def _gpu_programs(device_index: int) -> int:
     return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -130,8 +141,7 @@ class _View:
 
     def plan(self, device: torch.device) -> Plan:
         channels_contiguous = self.strides[1] == 1  # channels_last, or no spatial dimensions (S = 1)
-        device_index = device.index if device.type == "cuda" and device.index is not None else 0
-        return plan(self.C, self.M, channels_contiguous, _programs_wanted(device_index))
+        return plan(self.C, self.M, channels_contiguous, _programs_wanted(device))
 
 
 class TritonBackend(Backend, FusedBackend):
