@@ -21,7 +21,7 @@ from bnlab.kernels import get_backend, registry
 from bnlab.kernels.fused import REFERENCE_FUSED
 from bnlab.kernels.triton import plan
 from bnlab.reference import algorithm1 as a1
-from cases import make_input
+from cases import make_input, run_fused
 from tolerances import FLOOR, assert_as_accurate_as_torch, max_error
 
 # Not imported here: the interpreter only works if triton is first imported with TRITON_INTERPRET=1 set.
@@ -207,13 +207,6 @@ def _inputs(shape, layout, residual, dtype, device):
     return x, r, w, torch.randn(shape[1]).to(device), make_input(shape, "contiguous", dtype).to(device)
 
 
-def _run(impl, x, r, w, b, g, activation, save):
-    out = impl.fused_forward_train(x, r, w, b, 1e-5, activation, 0.1)
-    grads = impl.fused_backward(g, out.y if save == "output" else x, r, w, b, out.mean, out.invstd, activation, 0.1,
-                                save == "output", r is not None)
-    return out, grads
-
-
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
                                    pytest.param(torch.bfloat16, id="bfloat16")])
 @pytest.mark.parametrize(("shape", "layout"), CASES)
@@ -223,11 +216,11 @@ def test_triton_matches_reference(device, dtype, shape, layout, activation, save
         pytest.skip("save='output' recovers x̂ from y rounded to bfloat16's 8 bits (an error of ulp(y)/|γ|, "
                     "times 1/slope for leaky_relu): its kernels are checked in float32")
     x, r, w, b, g = _inputs(shape, layout, residual, dtype, device)
-    out, grads = _run(get_backend("triton"), x, r, w, b, g, activation, save)
+    out, grads = run_fused(get_backend("triton"), x, r, w, b, g, activation, save)
     cpu = [t.cpu() if t is not None else None for t in (x, r, w, b, g)]
-    exact_out, exact = _run(REFERENCE_FUSED, *[t.double() if t is not None else None for t in cpu], activation,
-                            save)
-    at_dtype_out, at_dtype = _run(REFERENCE_FUSED, *cpu, activation, save)
+    exact_out, exact = run_fused(REFERENCE_FUSED, *[t.double() if t is not None else None for t in cpu],
+                                 activation, save)
+    at_dtype_out, at_dtype = run_fused(REFERENCE_FUSED, *cpu, activation, save)
     assert out.y.dtype == dtype and out.y.stride() == x.stride()
     for what, ours, mid, ref in (("y", out.y, at_dtype_out.y, exact_out.y), ("mean", out.mean, None, exact_out.mean),
                                  ("var", out.var, None, exact_out.var), ("dx", grads.dx, at_dtype.dx, exact.dx),
@@ -288,8 +281,8 @@ def test_triton_ignores_the_strides_of_size1_dims(device, shape, layout) -> None
     dense = [t.clone(memory_format=fmt) for t in (x, r, g)]
     w, b = torch.randn(shape[1]).to(device), torch.randn(shape[1]).to(device)
     tb = get_backend("triton")
-    odd_run, dense_run = _run(tb, x, r, w, b, g, "relu", "input"), _run(tb, *dense[:2], w, b, dense[2], "relu",
-                                                                      "input")
+    odd_run = run_fused(tb, x, r, w, b, g, "relu", "input")
+    dense_run = run_fused(tb, dense[0], dense[1], w, b, dense[2], "relu", "input")
     for a, c in zip([*odd_run[0], *odd_run[1]], [*dense_run[0], *dense_run[1]], strict=True):
         assert torch.equal(a, c)
     rm, rv = torch.randn(shape[1]).to(device), (torch.rand(shape[1]) + 0.5).to(device)
@@ -301,7 +294,7 @@ def test_triton_ignores_the_strides_of_size1_dims(device, shape, layout) -> None
 def test_triton_eval_and_determinism(device, shape, layout) -> None:
     x, r, w, b, g = _inputs(shape, layout, True, torch.float32, device)
     tb = get_backend("triton")
-    first, second = _run(tb, x, r, w, b, g, "relu", "input"), _run(tb, x, r, w, b, g, "relu", "input")
+    first, second = run_fused(tb, x, r, w, b, g, "relu", "input"), run_fused(tb, x, r, w, b, g, "relu", "input")
     for a, c in zip([*first[0], *first[1]], [*second[0], *second[1]], strict=True):
         assert torch.equal(a, c), "two runs must be bit-identical (no atomics)"
     rm, rv = torch.randn(shape[1]).to(device), (torch.rand(shape[1]) + 0.5).to(device)
