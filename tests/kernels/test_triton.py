@@ -2,7 +2,9 @@
 
 Without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, CPU tensors): a marked subset of the
 core cases (float32/bfloat16/float16 and both launch paths; the interpreter runs each program as Python, too slow
-for the whole core suite). With a GPU the same cases run on CUDA; without one those skip.
+for the whole core suite). With a GPU the same cases run on CUDA; without one those skip. One process runs triton
+either interpreted or compiled, whichever imported it first, so on a GPU machine the two kinds run in two
+processes (``-k 'not cuda'`` with TRITON_INTERPRET=1, ``-k 'not interpreter'`` without): benchmarks/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -58,19 +60,31 @@ MODES = [
 ]
 
 
+def _triton_mode() -> str | None:
+    """How triton was first imported in this process, "interpreted" or "compiled" (None: not yet). Its language
+    is built once, at that import, by TRITON_INTERPRET: one process cannot run both kinds of case."""
+    if "triton" not in sys.modules:
+        return None
+    from triton.runtime.jit import JITFunction
+
+    return "compiled" if isinstance(sys.modules["triton"].language.sum, JITFunction) else "interpreted"
+
+
 @pytest.fixture(params=["interpreter", "cuda"])
 def device(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "cuda":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA GPU here: the GPU run of these tests needs one (benchmarks/gpu_check.sh)")
+        if _triton_mode() == "interpreted":
+            pytest.skip("triton runs interpreted in this process, so these cases would not test the GPU kernels; "
+                        "run them in a process of their own: pytest tests/kernels/test_triton.py -k 'not "
+                        "interpreter' with TRITON_INTERPRET unset (benchmarks/gpu_check.sh does)")
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         yield "cuda"
         return
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        from triton.runtime.jit import JITFunction
-
-        if isinstance(sys.modules["triton"].language.sum, JITFunction):
-            pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process; its interpreter needs "
-                        "the variable set before the first import")
+    if _triton_mode() == "compiled":
+        pytest.skip("triton was imported without TRITON_INTERPRET=1 in this process; its interpreter needs the "
+                    "variable set before the first import (TRITON_INTERPRET=1 pytest ... -k 'not cuda')")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield "cpu"
     registry._RESOLVED.clear()  # availability on CPU depended on the variable just removed
@@ -167,7 +181,7 @@ def _run_all_passes(x: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize(("shape", "layout"), HUGE_CASES)
-def test_launch_grids_stay_within_cuda_limits(launches, shape, layout) -> None:
+def test_launch_grids_stay_within_gpu_limits(launches, shape, layout) -> None:
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     _run_all_passes(torch.empty(shape, device="meta", memory_format=fmt))  # meta: nothing is allocated
     assert {launch.kernel for launch in launches} >= {"_stats_partial", "_normalize", "_grad_partial", "_grad_input"}
@@ -190,7 +204,7 @@ def test_the_launch_guard_switches_to_the_inputs_gpu() -> None:
     assert not isinstance(_launching_on(torch.device("cpu")), torch.cuda.device)
 
 
-def test_runs_on_a_gpu_that_is_not_the_current_one() -> None:
+def test_runs_on_cuda1_while_cuda0_is_current() -> None:
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA GPUs: the input on cuda:1 while cuda:0 is current")
     x = make_input((8, 3, 30, 40), "contiguous").to("cuda:1")
