@@ -74,7 +74,7 @@ def engine_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps:
     engine.train(model, x, y, opt, steps=steps, batch_size=BATCH, seed=seed, progress=False)
 
 
-def _eval_cost(model: torch.nn.Module, steps: int) -> float:
+def _eval_cost(model: torch.nn.Module) -> float:
     """Seconds Figure 1's evaluation takes per training step at its default interval (10,000 test images)."""
     x_test = torch.rand(10_000, 784)
     y_test = torch.randint(0, 10, (10_000,))
@@ -126,7 +126,7 @@ def main() -> None:
         rows.append({"loop": name, "steps_per_s": rate, "ratio_vs_hand_torch": rate / competitor,
                      "gb_per_s": rate * floor / 1e9,
                      "spread_steps_per_s": [args.steps / max(times[name]), args.steps / min(times[name])]})
-    eval_per_step = _eval_cost(models["engine + bnlab BN"], args.steps)
+    eval_per_step = _eval_cost(models["engine + bnlab BN"])
     env = {"torch": torch.__version__, "bnlab": bnlab.__version__, "python": platform.python_version(),
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            # What "auto" runs for these layers' training input (60, 100) on this machine.

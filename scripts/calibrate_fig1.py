@@ -4,7 +4,8 @@ records.
 The rule, fixed before looking at any result: take the grid point with the best 3-seed mean final test accuracy
 of the network WITHOUT batch norm (the fairest setting for the baseline). The BN network is not trained here, so
 it cannot influence the choice. Each grid point writes one JSON line, so an interrupted calibration keeps what it
-measured and a second process can take another part of the grid.
+measured and a second process can take another part of the grid; a point counts as measured only for the same
+data set and step count.
 
     python scripts/calibrate_fig1.py --out calib.jsonl [--pixels unit] [--steps 5000]
     python scripts/calibrate_fig1.py --table calib.jsonl    # the Markdown table for docs/experiments.md
@@ -32,14 +33,25 @@ INIT_STDS = (0.01, 0.1)
 PIXELS = ("unit", "centered", "standardized")
 
 
+def grid_key(row: dict[str, object]) -> tuple[object, ...]:
+    """What identifies a grid point's measurement: a resumed calibration skips only points with the same key."""
+    return row["dataset"], row["steps"], row["pixels"], row["init_std"], row["lr"]
+
+
+def measured(out: Path) -> set[tuple[object, ...]]:
+    """The keys of the grid points already in ``out`` (none when it does not exist)."""
+    if not out.exists():
+        return set()
+    return {grid_key(json.loads(line)) for line in out.read_text().splitlines() if line.strip()}
+
+
 def calibrate(args: argparse.Namespace) -> None:
-    done = set()
     out = Path(args.out)
-    if out.exists():
-        done = {(r["pixels"], r["init_std"], r["lr"]) for r in map(json.loads, out.read_text().splitlines())}
+    done = measured(out)
     cache: dict[str, object] = {}
     for pixels, init_std, lr in itertools.product(args.pixels, INIT_STDS, LRS):
-        if (pixels, init_std, lr) in done:
+        point = {"dataset": args.dataset, "steps": args.steps, "pixels": pixels, "init_std": init_std, "lr": lr}
+        if grid_key(point) in done:
             continue
         config = apply_overrides(fig1.Fig1Config(), {"dataset": args.dataset, "steps": args.steps,
                                                      "eval_every": 1000, "lr": lr, "init_std": init_std,

@@ -46,7 +46,16 @@ install_debian_packages() {
   rm -f "$log"
 }
 
+can_apt() {
+  command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]
+}
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
+  # The venv is ready. A Debian package that failed to install earlier is tried again where apt-get can run
+  # (the dpkg-query check is cheap and prints nothing when all are installed).
+  if can_apt && [[ -n "$(debian_missing)" ]]; then
+    install_debian_packages
+  fi
   exit 0
 fi
 install_debian_packages

@@ -113,3 +113,24 @@ def test_failed_call_leaves_module_state_alone(backend: str) -> None:
         module(torch.randn(2, 3, 5, 5))
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(("eps", "training", "expected"), [
+    pytest.param(0.0, True, "eps must be positive during training, but got 0.0", id="zero-in-training"),
+    pytest.param(-1e-5, True, "eps must be positive during training", id="negative-in-training"),
+    pytest.param(-1e-5, False, "eps must be non-negative, but got -1e-05", id="negative-in-eval"),
+])
+def test_eps_must_be_positive(eps: float, training: bool, expected: str) -> None:
+    ours, theirs = _both(lambda fn: fn(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=training, eps=eps))
+    assert type(ours) is type(theirs) is ValueError
+    assert expected in str(ours)
+    module = bnlab.BatchNorm1d(3, eps=eps).train(training)
+    with pytest.raises(ValueError, match="eps must be"):
+        module(torch.randn(4, 3))
+    assert int(module.num_batches_tracked) == 0
+
+
+def test_eps_zero_is_allowed_with_running_statistics() -> None:
+    x, mean, var = torch.randn(4, 3), torch.randn(3), torch.rand(3) + 0.5
+    y = bnlab.functional.batch_norm(x, mean, var, training=False, eps=0.0)
+    torch.testing.assert_close(y, F.batch_norm(x, mean, var, training=False, eps=0.0))

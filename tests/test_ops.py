@@ -137,3 +137,25 @@ def test_torch_func_grad(backend: str) -> None:
 
     expected = torch.func.grad(lambda w: torch.nn.functional.batch_norm(x, None, None, w, None, True).pow(3).sum())(w)
     torch.testing.assert_close(torch.func.grad(loss)(w), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_first_thing_in_a_fresh_process() -> None:
+    # The rest of this suite has resolved backends before it compiles; a user's script may compile first, so
+    # that choosing a backend (which may build the CPU kernels) happens while dynamo traces.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch, bnlab
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), bnlab.BatchNorm2d(4))
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        compiled(x).sum().backward()
+        model.eval()
+        torch.testing.assert_close(compiled(x), model(x))
+        print("compiled", int(model[1].num_batches_tracked))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compiled 1" in proc.stdout

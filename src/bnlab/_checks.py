@@ -33,7 +33,7 @@ _FLOAT_SET = frozenset(FLOAT_DTYPES)
 
 
 def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                          weight: Tensor | None, bias: Tensor | None, training: bool) -> None:
+                          weight: Tensor | None, bias: Tensor | None, training: bool, eps: float) -> None:
     """Everything ``batch_norm`` needs of its arguments before a backend sees them.
 
     This runs on every call, so the loop below only compares; the messages are built once something fails.
@@ -77,6 +77,12 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
             f"{missing} must be defined in evaluation mode (training=False normalizes with running statistics); "
             f"pass both running buffers, or training=True to use the batch's own statistics"
         )
+    # torch's rule and wording: ε = 0 is allowed with running statistics (their variance is then trusted to be
+    # positive), never with batch statistics, where a constant channel would divide by zero.
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training and _one_value(input):
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {input.shape}: a variance "

@@ -51,7 +51,7 @@ def _batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor 
                 weight: Tensor | None, bias: Tensor | None, training: bool, factor: float | Tensor,
                 eps: float, backend: str) -> Tensor:
     """``batch_norm`` with the averaging factor given directly (a tensor for the cumulative average)."""
-    check_batch_norm_args(input, running_mean, running_var, weight, bias, training)
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
     return _dispatch(input, running_mean, running_var, weight, bias, training, factor, eps, backend)
 
 

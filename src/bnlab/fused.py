@@ -23,7 +23,8 @@ What is saved for backward (``save``):
   in floating point x̂ then carries an error of about ulp(y)/|γ| (times 1/negative_slope on leaky_relu's negative
   side), which in bfloat16 or float16 is coarse: prefer ``"input"`` there.
 
-Double backward is not supported by the fused path (``create_graph=True`` raises); use ``backend="native"``.
+Double backward (``create_graph=True``) differentiates the paper's formulas with autograd from the saved input;
+with ``save="output"`` the input is gone, and it raises saying so.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from bnlab._checks import check_batch_norm_args
 from bnlab.functional import _batch_norm
 from bnlab.kernels import AUTO, available_backends, get_backend, resolve
 from bnlab.kernels.fused import ACTIVATIONS, INVERTIBLE, REFERENCE_FUSED, FusedBackend, activate
+from bnlab.reference import algorithm1
 from bnlab.reference.algorithm1 import accumulation_dtype, values_per_channel
 
 __all__ = ["SAVE_MODES", "batch_norm_act", "check_act_args"]
 
 logger = logging.getLogger("bnlab.fused")
 SAVE_MODES = ("input", "output")
-_warned_zero_gamma: list[bool] = []
+_warned: set[str] = set()  # reasons already logged, so each is logged once
 
 
 def check_act_args(activation: str, negative_slope: float, save: str) -> None:
@@ -91,6 +93,16 @@ def _choose(backend: str, x: Tensor, training: bool, save: str) -> tuple[str, Fu
     return chosen.name, impl
 
 
+def _output_is_invertible(y: Tensor, weight: Tensor | None, activation: str) -> str | None:
+    """None when x̂ can be recovered from y, else why not (then the input is saved instead)."""
+    if weight is not None and bool((weight == 0).any()):
+        return "a channel's weight (γ) is 0, so its output does not depend on x"
+    # ELU saturates: where y rounds to exactly −1, z = log(1 + y) is −∞ and 0·∞ would poison γ's gradient.
+    if activation == "elu" and bool((y <= -1).any()):
+        return "an ELU output saturated at −1, where its input cannot be recovered"
+    return None
+
+
 class _FusedTrain(torch.autograd.Function):
     """Training-mode act(BN(x) + r) over a fused implementation; saves x or y as asked."""
 
@@ -102,22 +114,25 @@ class _FusedTrain(torch.autograd.Function):
         assert impl is not None  # _choose gave a fused backend
         y, mean, invstd, var = impl.fused_forward_train(x, residual, weight, bias, eps, activation, slope)
         from_output = save == "output"
-        if from_output and weight is not None and bool((weight == 0).any()):
-            from_output = False
-            if not _warned_zero_gamma:
-                _warned_zero_gamma.append(True)
-                logger.warning("bnlab: save='output' keeps the input for calls where a channel's weight (γ) is 0, "
-                               "since x̂ cannot be recovered from the output there; gradients stay exact")
+        if from_output:
+            why_not = _output_is_invertible(y, weight, activation)
+            if why_not is not None:
+                from_output = False
+                if why_not not in _warned:
+                    _warned.add(why_not)
+                    logger.warning("bnlab: save='output' keeps the input for calls where %s; gradients stay exact",
+                                   why_not)
         ctx.save_for_backward(y if from_output else x, residual, weight, bias, mean, invstd)
         ctx.mark_non_differentiable(mean, invstd, var)
-        ctx.config = (activation, slope, from_output, name)
+        ctx.config = (activation, slope, from_output, name, eps)
         return y, mean, invstd, var
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
         saved, residual, weight, bias, mean, invstd = ctx.saved_tensors
-        activation, slope, from_output, name = ctx.config
+        activation, slope, from_output, name, _ = ctx.config
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_y, saved, residual, weight, bias, from_output)
         impl = fused_impl(name)
         assert impl is not None
         need_dres = residual is not None and ctx.needs_input_grad[1]
@@ -126,6 +141,25 @@ class _FusedTrain(torch.autograd.Function):
         dweight = g.dweight if weight is not None and ctx.needs_input_grad[2] else None
         dbias = g.dbias if bias is not None and ctx.needs_input_grad[3] else None
         return g.dx, g.dresidual, dweight, dbias, None, None, None, None, None
+
+
+def _differentiable_backward(ctx: Any, grad_y: Tensor, saved: Tensor, residual: Tensor | None,
+                             weight: Tensor | None, bias: Tensor | None, from_output: bool) -> tuple[Any, ...]:
+    # create_graph=True: recompute act(BN(x) + r) with the paper's formulas in differentiable ops and let
+    # autograd take the gradient, so second derivatives exist (as for plain batch norm in bnlab.ops).
+    if from_output:
+        raise RuntimeError(
+            "double backward (create_graph=True) through a fused layer with save='output' is not possible: the "
+            "input was not kept; use save='input' for this layer"
+        )
+    activation, slope, _, _, eps = ctx.config
+    inputs = [t for t in (saved, residual, weight, bias) if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        z = algorithm1.forward_train(saved, weight, bias, eps).y
+        y = activate(z if residual is None else z + residual, activation, slope)
+        grads = iter(torch.autograd.grad(y, inputs, grad_y, create_graph=True, allow_unused=True))
+    return (*(next(grads) if t is not None and t.requires_grad else None for t in (saved, residual, weight, bias)),
+            None, None, None, None, None)
 
 
 def batch_norm_act(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -169,7 +203,7 @@ def _batch_norm_act(input: Tensor, running_mean: Tensor | None, running_var: Ten
                     backend: str) -> Tensor:
     """``batch_norm_act`` with the averaging factor given directly (a tensor for the cumulative average)."""
     check_act_args(activation, negative_slope, save)
-    check_batch_norm_args(input, running_mean, running_var, weight, bias, training)
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
     _check_residual(input, residual)
     slope = float(negative_slope)
     name, impl = _choose(backend, input, training, save)

@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.data import DATASET_NAMES, Dataset, load_dataset
+from bnlab.data import DATASET_NAMES, Dataset, load_dataset, sources
 from bnlab.data.sources import FASHION_FILES, FASHION_MNIST_DIR, stratified_split
 
 
 def check_dataset(data: Dataset, name: str, side: int, n_train: int, n_test: int) -> None:
+    """Shapes, dtypes and ranges; every data set here has the 10 classes 0..9, each in the training set."""
     assert data.name == name
     assert data.x_train.shape == (n_train, 1, side, side) and data.x_test.shape == (n_test, 1, side, side)
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
     assert data.y_train.shape == (n_train,) and data.y_test.shape == (n_test,)
     for x in (data.x_train, data.x_test):
         assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    assert data.num_classes == int(max(data.y_train.max(), data.y_test.max())) + 1
+    assert data.num_classes == 10
+    assert torch.unique(data.y_train).tolist() == list(range(10))
+    assert int(data.y_test.min()) >= 0 and int(data.y_test.max()) <= 9
 
 
 def test_names() -> None:
@@ -32,6 +35,11 @@ def test_names() -> None:
 def test_unknown_name_lists_the_names() -> None:
     with pytest.raises(ValueError, match="mnist-5k, fashion-mnist, digits, synthetic"):
         load_dataset("mnist")
+
+
+def test_data_dir_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="is ignored: synthetic ships inside a Python package"):
+        load_dataset("synthetic", data_dir=tmp_path)
 
 
 def test_synthetic_is_deterministic() -> None:
@@ -64,11 +72,11 @@ def test_stratified_split_counts() -> None:
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(35))
 
 
-def _write_fashion(folder: Path, n_train: int = 12, n_test: int = 5, gz: bool = True) -> None:
+def _write_fashion(folder: Path, n_train: int = 20, n_test: int = 5, gz: bool = True, side: int = 28) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (n_train, 28, 28)), "y_train": rng.integers(0, 10, n_train),
-              "x_test": rng.integers(0, 256, (n_test, 28, 28)), "y_test": rng.integers(0, 10, n_test)}
+    arrays = {"x_train": rng.integers(0, 256, (n_train, side, side)), "y_train": np.arange(n_train) % 10,
+              "x_test": rng.integers(0, 256, (n_test, side, side)), "y_test": rng.integers(0, 10, n_test)}
     for key, array in arrays.items():
         raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
         raw += array.astype(np.uint8).tobytes()
@@ -82,13 +90,13 @@ def _write_fashion(folder: Path, n_train: int = 12, n_test: int = 5, gz: bool = 
 @pytest.mark.parametrize("gz", [pytest.param(True, id="gzipped"), pytest.param(False, id="plain")])
 def test_fashion_mnist_from_a_folder(tmp_path: Path, gz: bool) -> None:
     _write_fashion(tmp_path, gz=gz)
-    check_dataset(load_dataset("fashion-mnist", data_dir=tmp_path), "fashion-mnist", 28, 12, 5)
+    check_dataset(load_dataset("fashion-mnist", data_dir=tmp_path), "fashion-mnist", 28, 20, 5)
 
 
 def test_fashion_mnist_from_env_var_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_fashion(tmp_path / "fashion-mnist")
     monkeypatch.setenv("BNLAB_DATA", str(tmp_path))
-    check_dataset(load_dataset("fashion-mnist"), "fashion-mnist", 28, 12, 5)
+    check_dataset(load_dataset("fashion-mnist"), "fashion-mnist", 28, 20, 5)
 
 
 def test_fashion_mnist_missing_names_the_install_command(tmp_path: Path) -> None:
@@ -101,7 +109,7 @@ def test_fashion_mnist_labels_and_images_must_match(tmp_path: Path) -> None:
     other = tmp_path / "other"
     _write_fashion(other, n_train=11)
     shutil.copy(other / f"{FASHION_FILES['y_train']}.gz", tmp_path / f"{FASHION_FILES['y_train']}.gz")
-    with pytest.raises(ValueError, match="12 train images but 11 labels"):
+    with pytest.raises(ValueError, match="20 train images but 11 labels"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
 
 
@@ -111,6 +119,27 @@ def test_fashion_mnist_truncated_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match="truncated"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    pytest.param({"side": 7}, r"images of 7×7 pixels; Fashion-MNIST's are 28×28", id="small-images"),
+    pytest.param({"n_train": 0, "n_test": 0}, "holds no images", id="empty-files"),
+    pytest.param({"n_test": 0}, "holds no images", id="empty-test-set"),
+])
+def test_fashion_mnist_files_of_the_wrong_shape(tmp_path: Path, shape: dict[str, int], message: str) -> None:
+    _write_fashion(tmp_path, **shape)
+    with pytest.raises(ValueError, match=message) as info:
+        load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert str(tmp_path / FASHION_FILES["x_train"]) in str(info.value) or str(
+        tmp_path / FASHION_FILES["x_test"]) in str(info.value)  # names the file
+
+
+def test_debian_folder_must_hold_the_full_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_fashion(tmp_path)
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path)
+    monkeypatch.delenv("BNLAB_DATA", raising=False)
+    with pytest.raises(ValueError, match="20 train images; Debian's dataset-fashion-mnist holds 60,000"):
+        load_dataset("fashion-mnist")
 
 
 def test_installed_fashion_mnist() -> None:

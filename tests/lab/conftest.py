@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from bnlab.lab.registry import get_experiment
 from bnlab.lab.runner import make_config, run_experiment
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The lab's default: its networks are tiny, and on a busy 2-core machine a second intra-op thread makes
-    each operation wait for a descheduled peer (a 100-step test took 40 s with 2 threads, 0.1 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The data tests' autouse one-thread fixture, defined once; importing it here makes it autouse for tests/lab too.
+from data.conftest import _one_thread  # noqa: F401
 
 
 @pytest.fixture(scope="session")

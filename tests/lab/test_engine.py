@@ -102,10 +102,16 @@ def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unit-test" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-def test_optimizers(name: str) -> None:
+@pytest.mark.parametrize(("name", "kind", "momentum"), [
+    pytest.param("sgd", torch.optim.SGD, 0.0, id="plain-sgd"),  # the paper's Figure 1: no momentum
+    pytest.param("momentum", torch.optim.SGD, 0.9, id="momentum"),
+    pytest.param("adam", torch.optim.Adam, None, id="adam"),
+])
+def test_optimizers(name: str, kind: type, momentum: float | None) -> None:
     opt = engine.make_optimizer(model().parameters(), name, 0.1)
-    assert isinstance(opt, torch.optim.Optimizer)
+    assert type(opt) is kind and opt.defaults["lr"] == 0.1
+    if momentum is not None:
+        assert opt.defaults["momentum"] == momentum
 
 
 def test_bad_optimizer_and_device() -> None:

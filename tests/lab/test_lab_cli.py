@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from bnlab.cli import main
+from bnlab.kernels import get_backend, registry
+from bnlab.lab import registry as experiments
 
 SMOKE = ["--set", "dataset=synthetic", "--set", "steps=20", "--set", "eval_every=10", "--set", "hidden=8"]
 
@@ -40,6 +45,9 @@ ERRORS = [
     pytest.param(["run", "fig1", "--set", "batch_size=1"], "batch_size must be at least 2", id="rejected-value"),
     pytest.param(["run", "fig1", *SMOKE, "--seeds", "2", "2"], "seeds must differ", id="repeated-seed"),
     pytest.param(["run", "fig1", *SMOKE, "--threads", "0"], "threads must be at least 1", id="zero-threads"),
+    pytest.param(["run", "fig1", *SMOKE, "--set", "lr=inf"], "lr and init_std must be finite", id="infinite-lr"),
+    pytest.param(["run", "fig1", "--set", "dataset=digits", "--data-dir", "/tmp"],
+                 "--data-dir is used only by fashion-mnist", id="data-dir-not-used"),
 ]
 
 
@@ -47,12 +55,89 @@ ERRORS = [
 def test_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                              tmp_path: Path) -> None:
     assert message in one_line_error(capsys, [*argv, "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []  # a run that cannot start leaves no folder
 
 
 def test_missing_data_names_the_install_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     err = one_line_error(capsys, ["run", "fig1", "--set", "dataset=fashion-mnist", "--data-dir", str(tmp_path),
                                   "--out", str(tmp_path / "runs")])
     assert "apt-get install dataset-fashion-mnist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_data_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x08")
+    err = one_line_error(capsys, ["run", "fig1", "--set", "dataset=fashion-mnist", "--data-dir", str(tmp_path),
+                                  "--out", str(tmp_path / "runs")])
+    assert "too short for an IDX header" in err and not (tmp_path / "runs").exists()
+
+
+def test_backend_that_cannot_run_here(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under pytest the Triton interpreter makes triton run on CPU; take that away, as on a plain CPU machine.
+    monkeypatch.setattr(type(get_backend("triton")), "unavailable_reason", lambda self, device, dtype: "no GPU")
+    monkeypatch.setattr(registry, "_RESOLVED", {})
+    err = one_line_error(capsys, ["run", "fig1", *SMOKE, "--set", "backend=triton", "--out", str(tmp_path)])
+    assert "batch-norm backend 'triton'" in err and "cannot run on cpu" in err and "no GPU" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def with_train(monkeypatch: pytest.MonkeyPatch, train: Any) -> None:
+    """Register fig1 with another training function for this test."""
+    monkeypatch.setitem(experiments._EXPERIMENTS, "fig1",
+                        dataclasses.replace(experiments.get_experiment("fig1"), train=train))
+
+
+def test_a_bug_is_a_traceback_not_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def buggy(config: Any, ctx: Any) -> None:
+        raise ValueError("a bug deep inside training")
+
+    with_train(monkeypatch, buggy)
+    with pytest.raises(ValueError, match="a bug deep inside training"):
+        main(["run", "fig1", *SMOKE, "--out", str(tmp_path)])
+    assert list(tmp_path.glob("fig1/*")) == []  # nothing was measured, so no run folder is kept
+
+
+def test_ctrl_c_names_the_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real = experiments.get_experiment("fig1").train
+
+    def interrupted_in_seed_1(config: Any, ctx: Any) -> None:
+        if ctx.seed == 1:
+            log, written = ctx.log, []
+
+            def log_then_stop(record: dict[str, Any]) -> None:
+                log(record)
+                written.append(record)
+                if len(written) == 2:
+                    raise KeyboardInterrupt
+            ctx = dataclasses.replace(ctx, log=log_then_stop)
+        real(config, ctx)
+
+    with_train(monkeypatch, interrupted_in_seed_1)
+    assert main(["run", "fig1", *SMOKE, "--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    (run_dir,) = (tmp_path / "fig1").iterdir()
+    assert f"bnlab report {run_dir}" in err and err.rstrip().endswith("bnlab: interrupted")
+    assert run_dir.name in (tmp_path / "index.html").read_text()  # the index lists it at once
+    assert main(["report", str(run_dir)]) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["summary"]["seeds"] == [0]
+    assert result["incomplete"] == ("seed 1: baseline stopped at step 10 of 20 (interrupted); bn never started; "
+                                    "seed 2: never started")
+
+
+def test_ctrl_c_before_any_measurement_keeps_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(config: Any, ctx: Any) -> None:
+        raise KeyboardInterrupt
+
+    with_train(monkeypatch, interrupted)
+    assert main(["run", "fig1", *SMOKE, "--out", str(tmp_path)]) == 130
+    assert "nothing was measured" in capsys.readouterr().err
+    assert list(tmp_path.glob("fig1/*")) == []
 
 
 def test_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -81,7 +166,9 @@ def test_run_then_report(capsys: pytest.CaptureFixture[str], tmp_path: Path, fig
     assert main(["run", "fig1", "--quick", *SMOKE, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     report = Path(out.split("report: ")[1].split()[0])
-    assert report.is_file() and "Quick run" in report.read_text()
+    assert report.is_file() and "steps = 20 (full run: 50000), eval_every = 10 (full run: 500)" in report.read_text()
+    meta = json.loads((report.parent / "config.json").read_text())
+    assert meta["quick_settings"] == {"steps": 20, "eval_every": 10}  # what ran, not --quick's defaults
     copy = tmp_path / "fig1" / "copied"
     shutil.copytree(fig1_run, copy)
     assert main(["report", str(copy)]) == 0

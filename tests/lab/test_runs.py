@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bnlab.lab import engine
+from bnlab.lab import engine, records
 from bnlab.lab.records import RunFilesError, read_metrics
-from bnlab.lab.registry import experiment_names, get_experiment
+from bnlab.lab.registry import RunSetupError, experiment_names, get_experiment
 from bnlab.lab.report import build_report, write_index
 from bnlab.lab.runner import make_config, run_experiment
 
@@ -87,17 +87,24 @@ def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) 
     shutil.copytree(fig1_run, copy)
     (copy / "result.json").unlink()
     lines = (copy / "metrics.jsonl").read_text().splitlines()
-    # Stop after seed 0 (both networks), mid-way through writing the next line.
-    cut = max(i for i, line in enumerate(lines) if '"seed": 0' in line and '"kind": "end"' in line)
-    (copy / "metrics.jsonl").write_text("\n".join(lines[: cut + 1]) + "\n" + lines[cut + 1][:25])
+    # Stopped in the middle of seed 1's BN network (after its evaluation at step 20), while writing a line.
+    first = next(i for i, line in enumerate(lines) if '"seed": 1' in line and '"model": "bn"' in line)
+    (copy / "metrics.jsonl").write_text("\n".join(lines[: first + 2]) + "\n" + lines[first + 2][:25])
     build_report(copy)
     result = json.loads((copy / "result.json").read_text())
-    assert result["summary"]["seeds"] == [0]
+    assert result["summary"]["seeds"] == [0] and not result["complete"]
+    assert result["incomplete"] == "seed 1: bn stopped at step 20 of 60 (interrupted)"
+    assert "Incomplete run" in (copy / "report.html").read_text()
 
-    (copy / "result.json").unlink()
     baseline_only = [line for line in lines if '"model": "baseline"' in line]
     (copy / "metrics.jsonl").write_text("\n".join(baseline_only) + "\n")
-    with pytest.raises(RunFilesError, match="no evaluation of the bn network"):
+    build_report(copy)
+    result = json.loads((copy / "result.json").read_text())
+    assert {c["verdict"] for c in result["claims"]} == {"not judged"}
+    assert "bn never started" in result["incomplete"]
+
+    (copy / "metrics.jsonl").write_text("")
+    with pytest.raises(RunFilesError, match="no evaluation"):
         build_report(copy)
 
 
@@ -116,11 +123,16 @@ def test_report_of_a_damaged_run(fig1_run: Path, tmp_path: Path, damage: str, me
 def test_run_arguments_are_checked(tmp_path: Path) -> None:
     experiment = get_experiment("fig1")
     config = make_config(experiment, smoke=True)
-    with pytest.raises(ValueError, match="seeds must differ"):
+    with pytest.raises(RunSetupError, match="seeds must differ"):
         run_experiment(experiment, config, out_root=tmp_path, seeds=(1, 1))
-    with pytest.raises(ValueError, match="at least one seed"):
+    with pytest.raises(RunSetupError, match="at least one seed"):
         run_experiment(experiment, config, out_root=tmp_path, seeds=())
-    assert not (tmp_path / "fig1").exists()  # nothing is written for a refused run
+    with pytest.raises(RunSetupError, match="choose auto, cpu or cuda"):
+        run_experiment(experiment, config, out_root=tmp_path, device="tpu")
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
+        run_experiment(experiment, make_config(experiment, smoke=True, overrides={"dataset": "fashion-mnist"}),
+                       out_root=tmp_path, data_dir=str(tmp_path / "empty"))
+    assert list(tmp_path.iterdir()) == []  # nothing is written for a refused run
 
 
 def test_same_seed_same_measurements(tmp_path: Path) -> None:
@@ -134,3 +146,55 @@ def test_same_seed_same_measurements(tmp_path: Path) -> None:
                            deterministic=True, progress=False) for name in ("a", "b"))
     assert evals(a) == evals(b)
     assert json.loads((a / "config.json").read_text())["deterministic"] is True
+
+
+def test_report_always_resummarizes(fig1_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(fig1_run, copy)
+    original = json.loads((copy / "result.json").read_text())
+    stale = {**original, "claims": [{**c, "verdict": "stale verdict"} for c in original["claims"]]}
+    (copy / "result.json").write_text(json.dumps(stale))
+    build_report(copy)
+    assert json.loads((copy / "result.json").read_text()) == original  # from metrics.jsonl, not the old file
+    assert "stale verdict" not in (copy / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("config", "listed"), [
+    pytest.param({"experiment": "fig1", "config": {"steps": "x"}}, True, id="steps-not-a-number"),
+    pytest.param({"experiment": "fig1", "config": {"steps": True}}, True, id="steps-a-bool"),
+    pytest.param({"experiment": "fig1", "config": [1]}, False, id="config-a-list"),
+    pytest.param([1], False, id="file-a-list"),
+    pytest.param({"experiment": ["fig1"], "seeds": 3}, False, id="wrong-types"),
+])
+def test_index_survives_a_config_of_the_wrong_shape(fig1_run: Path, tmp_path: Path, config: object,
+                                                    listed: bool) -> None:
+    shutil.copytree(fig1_run, tmp_path / "fig1" / "20250101-000000")
+    odd = tmp_path / "fig1" / "20250102-000000"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps(config))
+    html = write_index(tmp_path).read_text()
+    assert "20250101-000000" in html and ("20250102-000000" in html) == listed
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param([1], id="a-list"),
+    pytest.param({"experiment": "fig1", "config": [1]}, id="config-a-list"),
+    pytest.param({"experiment": "fig1"}, id="no-config"),
+])
+def test_report_of_a_config_of_the_wrong_shape(fig1_run: Path, tmp_path: Path, config: object) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(fig1_run, copy)
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFilesError, match=r"config\.json is damaged: .*bnlab run") as info:
+        build_report(copy)
+    assert "list indices" not in str(info.value)
+
+
+def test_git_revision_only_from_a_bnlab_checkout(tmp_path: Path) -> None:
+    module = tmp_path / "src" / "bnlab" / "lab" / "records.py"  # as in a checkout, or site-packages' 3 levels up
+    assert records.source_checkout(module) is None  # no pyproject.toml: an installed copy
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other-project"\n')
+    assert records.source_checkout(module) is None  # whatever repo encloses the install is not ours
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bnlab"\nversion = "0"\n')
+    assert records.source_checkout(module) == tmp_path
+    assert records.source_checkout(Path(records.__file__)) is not None  # the tests run from the checkout

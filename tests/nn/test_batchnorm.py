@@ -98,7 +98,8 @@ def test_is_a_torch_module_with_torchs_defaults_and_keys() -> None:
     assert bnlab.nn.BatchNorm2d is bnlab.BatchNorm2d
 
 
-def test_state_dict_round_trip_through_torch_is_bit_identical() -> None:
+def test_state_dict_round_trip_through_torch_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BNLAB_BACKEND", raising=False)  # "auto" on CPU is ATen's kernel: bit-identical to torch
     ours = bnlab.BatchNorm2d(4)
     ours.train()
     for _ in range(3):

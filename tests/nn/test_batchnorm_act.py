@@ -128,3 +128,57 @@ def test_a_failed_call_leaves_the_counter_alone() -> None:
     with pytest.raises(ValueError, match="residual must match"):
         layer(torch.randn(2, 3, 4, 4), residual=torch.randn(2, 3, 4, 5))
     assert int(layer.num_batches_tracked) == 0
+
+
+FUSED_BACKENDS = [n for n in available_backends("cpu") if bnlab.fused.fused_impl(n) is not None]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_saturated_elu_output_keeps_gradients_finite(backend: str, dtype: torch.dtype) -> None:
+    # β far below zero: z ≪ 0, so ELU's output rounds to exactly −1, whose inverse log(1 + y) is −∞.
+    x = torch.randn(16, 3, 4, 4).to(dtype)
+    grads = {}
+    for save in ("input", "output"):
+        layer = bnlab.nn.BatchNormAct2d(3, activation="elu", save=save, backend=backend)
+        with torch.no_grad():
+            layer.bias.fill_(-40.0)
+        xa = x.clone().requires_grad_()
+        layer(xa).float().sum().backward()
+        grads[save] = (xa.grad.float(), layer.weight.grad)
+    assert torch.isfinite(grads["output"][0]).all() and torch.isfinite(grads["output"][1]).all()
+    torch.testing.assert_close(grads["output"][1], grads["input"][1])
+    torch.testing.assert_close(grads["output"][0], grads["input"][0])
+
+
+@pytest.mark.parametrize("backend", [n for n in FUSED_BACKENDS if n != "triton"])  # gradcheck needs float64
+@pytest.mark.parametrize("activation", ["relu", "silu", "elu"])
+def test_double_backward_through_the_fused_path(backend: str, activation: str) -> None:
+    x = torch.randn(6, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(6, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return bnlab.fused.batch_norm_act(x, None, None, w, b, training=True, residual=r, activation=activation,
+                                          backend=backend)
+
+    assert torch.autograd.gradgradcheck(f, (x, r, w, b))
+
+
+def test_double_backward_with_save_output_says_why_not() -> None:
+    layer = bnlab.nn.BatchNormAct1d(3, activation="leaky_relu", save="output", backend="reference").double()
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    y = layer(x).square().sum()
+    with pytest.raises(RuntimeError, match=r"save='output'.*use save='input'"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
+def test_torch_fx_traces_the_fused_layer_and_keeps_modes_switchable() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bnlab.nn.BatchNormAct2d(4, activation="silu"))
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(traced(x), model(x))
+    traced.eval()
+    model.eval()
+    torch.testing.assert_close(traced(x), model(x))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -12,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import bnlab
 from bnlab.cli import main
 
 FACTORIES = textwrap.dedent('''
+    import sys
+
     import torch
 
     def small_cnn():
@@ -33,6 +38,36 @@ FACTORIES = textwrap.dedent('''
         raise RuntimeError("no GPU here")
 
     NOT_CALLABLE = 3
+
+    def exits():
+        sys.exit(3)
+
+    class Asserting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            assert x.shape[1] == 3, "need 3 channels"
+            return self.bn(x)
+
+    class Indexed(torch.nn.Module):
+        """Untraceable; on inputs above 100 it calls the members of its nn.Sequential one by one, which the
+        nn.Sequential fallback cannot know: folded, it is wrong on those inputs only."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.f = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+            with torch.no_grad():
+                self.f[1].running_mean.uniform_(-2, 2)
+                self.f[1].running_var.uniform_(0.3, 3)
+
+        def forward(self, x):
+            if x.amax() > 100:  # control flow on data: torch.fx cannot trace it
+                c = self.f[0](x)
+                return self.f[2](self.f[1](c)) + c
+            return self.f(x)
 ''')
 
 
@@ -85,6 +120,12 @@ def test_fold_writes_weights_of_the_folded_model(workdir: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert code == 0, out
     assert "folded 1 batch-norm layer(s) (fx): 1 into 0" in out and "max |folded − original|" in out
+    # The exact way back: the same fold of a freshly built model, whose keys and shapes were checked.
+    recipe = "bnlab.tools.fold(small_cnn().eval(), example_inputs=x), x a batch shaped (50, 1, 6, 6)"
+    assert recipe in out
+    with safe_open("folded.safetensors", "pt") as f:
+        stored = json.loads(f.metadata()["bnlab.fold"])
+    assert stored == {"folded": [["1", "0"]], "method": "fx", "load": recipe}
     original = _factory(workdir)
     original.load_state_dict(torch.load("weights.pt", weights_only=True))
     folded = bnlab.tools.fold(_factory(workdir).eval())
@@ -122,12 +163,27 @@ def test_doctor_report(workdir: Path, capsys: pytest.CaptureFixture[str], as_jso
         assert "stats_mismatch at layer '1'" in out and "measured effect on 50 samples" in out
 
 
-def _malicious_checkpoint(path: Path, marker: Path) -> None:
+def _malicious_checkpoint(path: Path, marker: Path, raw: bool = False) -> None:
+    """A checkpoint that creates ``marker`` when unpickled: written by torch.save, or (raw) by pickle.dump."""
     class Payload:
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return exec, (f"open({str(marker)!r}, 'w').close()",)
 
-    torch.save({"0.weight": torch.zeros(1), "payload": Payload()}, path)
+    content = {"0.weight": torch.zeros(1), "payload": Payload()}
+    if raw:
+        with open(path, "wb") as f:
+            pickle.dump(content, f, protocol=4)
+    else:
+        torch.save(content, path)
+
+
+def test_a_raw_pickle_is_refused_as_such(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = workdir / "pwned"
+    _malicious_checkpoint(workdir / "raw.pt", marker, raw=True)
+    code = main(["doctor", "--model", _spec(workdir), "--weights", "raw.pt", "--data", "data.npz"])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    assert err.count("\n") == 1 and err.startswith("bnlab: error: refusing to load 'raw.pt': it is a pickle"), err
 
 
 def test_malicious_checkpoint_is_refused_and_nothing_runs(workdir: Path,
@@ -254,3 +310,65 @@ def test_named_datasets_through_bnlab_data(workdir: Path, capsys: pytest.Capture
         assert main(["doctor", "--model", _spec(workdir), "--data", name]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured
+    assert captured.err.count("\n") == 1 and captured.err.startswith("bnlab: error: "), captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize(("spike", "message"), [
+    # The fold checks itself on the first batch (the example inputs) ...
+    pytest.param(0, "fold failed: ValueError: folding changed the model's outputs", id="first-batch"),
+    # ... and the command on every batch, before writing anything.
+    pytest.param(40, "the folded model's outputs differ from the original's", id="later-batch"),
+])
+def test_fold_writes_nothing_it_measured_as_wrong(workdir: Path, capsys: pytest.CaptureFixture[str], spike: int,
+                                                  message: str) -> None:
+    x = _data(workdir).clone()
+    x[spike, 0, 0, 0] = 1000.0
+    np.savez("spike.npz", x=x.numpy())
+    code = main(["fold", "--model", _spec(workdir, "Indexed"), "--data", "spike.npz", "--batch-size", "25",
+                 "--out", "folded.pt"])
+    err = _one_line_error(capsys, code)
+    assert message in err and not Path("folded.pt").exists()
+
+
+def test_fold_refuses_weights_that_a_fresh_model_would_not_take(workdir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    state = torch.load("weights.pt", weights_only=True)
+    state["1.running_var"][0] = float("nan")  # this batch norm stays unfolded; in a fresh model it folds
+    torch.save(state, "nan.pt")
+    code = main(["fold", "--model", _spec(workdir), "--weights", "nan.pt", "--out", "folded.pt"])
+    err = _one_line_error(capsys, code)
+    assert "would not load into bnlab.tools.fold(small_cnn().eval())" in err and "not finite" in err
+    assert not Path("folded.pt").exists()
+
+
+def test_an_unwritable_out_is_one_line_before_any_work(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only directory answers (not to root)
+    code = main(["recalibrate", "--model", _spec(workdir), "--data", "data.npz", "--out", "out.pt"])
+    assert "cannot write 'out.pt': directory '.' is not writable" in _one_line_error(capsys, code)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    pytest.param(["recalibrate", "--model", "FACTORIES:Asserting", "--out", "o.pt"],
+                 "recalibrate failed: AssertionError: need 3 channels", id="recalibrate-assert"),
+    pytest.param(["doctor", "--model", "FACTORIES:Asserting"], "doctor failed: AssertionError: need 3 channels",
+                 id="doctor-assert"),
+    pytest.param(["fold", "--model", "FACTORIES:Asserting", "--out", "o.pt"],
+                 "fold failed: AssertionError: need 3 channels", id="fold-assert"),
+    pytest.param(["doctor", "--model", "FACTORIES:exits"], "exits() failed: it called sys.exit(3)",
+                 id="factory-exits"),
+    pytest.param(["doctor", "--model", "exits_on_import:build"], "cannot import 'exits_on_import'", id="import-exits"),
+])
+def test_misbehaving_user_code_is_one_line(workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                           message: str) -> None:
+    Path("exits_on_import.py").write_text("import sys\nsys.exit(1)\n")
+    module = (workdir / "module_name").read_text()
+    code = main([a.replace("FACTORIES", module) for a in argv] + ["--data", "data.npz"])
+    err = _one_line_error(capsys, code)
+    assert message in err and not Path("o.pt").exists()

@@ -17,7 +17,8 @@ def _model() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
-def test_conversion_changes_no_output(training: bool) -> None:
+def test_conversion_changes_no_output(training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BNLAB_BACKEND", raising=False)  # bit-identity holds for "auto", i.e. ATen's kernel
     model = _model().train(training)
     x = torch.randn(5, 3, 8, 8)
     for _ in range(2):  # move the running statistics away from their initial values
@@ -95,3 +96,11 @@ def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None
 def test_not_a_module() -> None:
     with pytest.raises(TypeError, match=r"expects a torch.nn.Module"):
         bnlab.convert({"bn": torch.nn.BatchNorm2d(3)})  # type: ignore[arg-type]
+
+
+def test_a_layer_registered_under_two_names_is_converted_under_both() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    model.add_module("alias", model[1])
+    for to in ("frozen", "bnlab"):
+        converted = bnlab.convert(model.eval(), to=to)
+        assert converted[1] is converted.alias and type(converted[1]) is not torch.nn.BatchNorm2d

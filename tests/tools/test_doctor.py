@@ -98,7 +98,7 @@ def test_each_finding_is_triggered_by_a_model_built_to_have_it(
     assert finding.evidence and finding.fix and finding.message
     assert all(isinstance(v, int | float | str) for v in finding.evidence.values())
     for key, value in model.state_dict().items():  # the doctor examines a copy
-        assert torch.equal(value, before[key]) or (value.isnan() == before[key].isnan()).all(), key
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True, msg=key)
     assert [m.training for m in model.modules()] == modes
 
 
@@ -199,3 +199,44 @@ def test_frozen_layers_are_judged_on_what_they_do() -> None:
     assert doctor(frozen, _vectors(64, 4)).findings == ()
     shifted = [b + 10 for b in _vectors(64, 4)]
     assert [f.code for f in doctor(frozen, shifted).findings] == ["stats_mismatch"]
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 6, bias=False), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_a_short_last_batch_is_no_finding() -> None:
+    # 1030 samples in batches of 64: the last holds 6. The batch size is judged on the typical batch.
+    batches = list(torch.randn(1030, 5, generator=torch.Generator().manual_seed(7)).split(64))
+    report = doctor(_calibrated(_mlp(), batches), batches)
+    assert report.findings == () and report.samples == 1030
+
+
+@pytest.mark.parametrize(("sizes", "severity"), [
+    pytest.param([1] * 8, "error", id="all-single-samples"),  # legal at inference: reported, not raised
+    pytest.param([64, 64, 1], None, id="last-batch-single"),
+])
+def test_batches_of_one_value_per_channel_are_counted(sizes: list[int], severity: str | None) -> None:
+    data = torch.randn(sum(sizes), 5, generator=torch.Generator().manual_seed(8))
+    model = _calibrated(_mlp(), [data])
+    report = doctor(model, list(data.split(sizes)))
+    few = [f for f in report.findings if f.code == "few_values_per_channel"]
+    if severity is None:
+        assert few == [] and any("1 batch(es) gave layer '1' one value per channel" in n for n in report.notes)
+    else:
+        assert [(f.severity, f.layer, f.evidence["values_per_channel"]) for f in few] == [(severity, "1", 1)]
+        assert few[0].evidence["batches_with_one_value"] == 8
+    assert report.samples == sum(sizes)
+
+
+def test_samples_are_counted_when_every_batch_norm_is_reused() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.bn(x))
+
+    report = doctor(_calibrated(Twice(), _vectors()), _vectors())
+    assert report.samples == 64 and [f.code for f in report.findings] == ["bn_reused"]

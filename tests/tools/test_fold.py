@@ -11,25 +11,12 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.tools import FoldFallbackWarning, fold, fold_with_report
+from bnlab.tools import FoldAssumptionWarning, FoldFallbackWarning, fold, fold_with_report
+
+#: The ``randomize`` fixture (tests/tools/conftest.py): statistics far from their initial values.
+Randomize = Callable[[nn.Module], nn.Module]
 
 
-def _randomize(model: nn.Module) -> nn.Module:
-    """Statistics and affine parameters far from their initial values, so a wrong fold shows."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase):
-                if m.running_mean is not None:
-                    m.running_mean.uniform_(-2, 2)
-                    m.running_var.uniform_(0.3, 3)
-                if m.weight is not None:
-                    m.weight.uniform_(-2, 2)
-                if m.bias is not None:
-                    m.bias.uniform_(-1, 1)
-    return model.eval()
-
-
-# (builder, input shape): each names the pattern it exercises.
 PATTERNS = [
     pytest.param(lambda: nn.Sequential(nn.Conv1d(3, 6, 3), nn.BatchNorm1d(6)), (4, 3, 9), id="conv1d"),
     pytest.param(lambda: nn.Sequential(nn.Conv2d(4, 6, 3, groups=2, bias=False), nn.BatchNorm2d(6)),
@@ -54,6 +41,11 @@ PATTERNS = [
                  (2, 6, 5, 5), id="bn-before-1x1-grouped"),
     pytest.param(lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, stride=2)), (2, 3, 7, 7),
                  id="bn-before-unpadded-3x3"),
+    # A layer with a batch norm on both sides takes both folds, one on top of the other.
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 5), nn.BatchNorm1d(5)), (6, 5),
+                 id="bn-linear-bn"),
+    pytest.param(lambda: nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6)),
+                 (2, 4, 5, 5), id="relu-bn-conv1x1-bn"),
     pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), bnlab.BatchNorm2d(4, backend="reference")),
                  (2, 3, 6, 6), id="bnlab-layer"),
     pytest.param(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), bnlab.nn.FrozenBatchNorm2d(4)), (2, 3, 6, 6),
@@ -65,25 +57,27 @@ PATTERNS = [
 
 @pytest.mark.parametrize(("build", "shape"), PATTERNS)
 @pytest.mark.parametrize("method", ["fx", "sequential"])
-def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str) -> None:
-    model = _randomize(build())
-    result = fold_with_report(model, method=method)
-    assert len(result.folded) == 1 and not result.skipped, result
+def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str,
+                                     randomize: Randomize) -> None:
+    model = randomize(build())
+    x = torch.randn(shape)
+    result = fold_with_report(model, method=method, example_inputs=x)  # which also checks the outputs on x
+    norms = sum(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase) for m in model.modules())
+    assert len(result.folded) == norms and not result.skipped, result
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm | bnlab.nn.FrozenBatchNormBase)
                    for m in result.model.modules())
     assert not result.model.training
-    x = torch.randn(shape)
     with torch.no_grad():
         expected, got = model(x), result.model(x)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         # In float64 the fold is exact up to float64 rounding: any slip in the algebra would show here.
         model64 = model.double()
-        folded64 = fold(model64, method=method)
+        folded64 = fold(model64, method=method, example_inputs=x.double())
         torch.testing.assert_close(folded64(x.double()), model64(x.double()), rtol=1e-12, atol=1e-12)
 
 
-def test_input_model_is_not_mutated_and_weights_are_new() -> None:
-    model = _randomize(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)))
+def test_input_model_is_not_mutated_and_weights_are_new(randomize: Randomize) -> None:
+    model = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)))
     before = copy.deepcopy(model.state_dict())
     folded = fold(model)
     for key, value in model.state_dict().items():
@@ -103,89 +97,43 @@ def test_training_mode_is_refused() -> None:
         fold(model)
 
 
-class _Residual(nn.Module):
-    """A ResNet-style block: conv-BN pairs, a shortcut reading the input, and a BN whose conv output is shared."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
-        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), bnlab.BatchNorm2d(4)
-        self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
-        self.shared = nn.Conv2d(4, 4, 1)
-        self.bn_shared = nn.BatchNorm2d(4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out)) + x
-        c = self.conv3(out)
-        out = self.bn3(c) + c  # conv3's output is read twice: bn3 must stay
-        s = self.shared(self.shared(out))  # called twice: it cannot absorb bn_shared
-        return self.bn_shared(s)
-
-
-def test_residual_model_folds_what_it_safely_can() -> None:
-    model = _randomize(_Residual())
-    result = fold_with_report(model)
-    assert result.method == "fx"
-    assert sorted(bn for bn, _ in result.folded) == ["bn1", "bn2"]
-    assert {bn for bn, _ in result.skipped} == {"bn3", "bn_shared"}
-    # The model keeps its class and forward: folded layers swapped in, folded batch norms become Identity.
-    assert type(result.model) is _Residual and isinstance(result.model.bn2, nn.Identity)
-    assert set(result.model.state_dict()) == set(model.state_dict()) - {
-        f"bn{i}.{k}" for i in (1, 2) for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-    } | {"conv1.bias", "conv2.bias"}
-    x = torch.randn(2, 4, 6, 6)
-    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
-
-
-def test_a_graph_traced_elsewhere_with_bnlab_layers_folds() -> None:
+def test_a_graph_traced_elsewhere_with_bnlab_layers_folds(randomize: Randomize) -> None:
     # torch.fx's own tracer shows bnlab layers as call_function(_module_forward, (get_attr bn, x)).
-    model = _randomize(nn.Sequential(nn.Linear(5, 6), bnlab.BatchNorm1d(6), nn.ReLU(), bnlab.BatchNorm1d(6),
+    model = randomize(nn.Sequential(nn.Linear(5, 6), bnlab.BatchNorm1d(6), nn.ReLU(), bnlab.BatchNorm1d(6),
                                      nn.Linear(6, 2)))
     traced = torch.fx.symbolic_trace(model).eval()
     assert any(n.op == "call_function" for n in traced.graph.nodes)
-    result = fold_with_report(traced)
-    assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     x = torch.randn(4, 5)
+    result = fold_with_report(traced, example_inputs=x)
+    assert len(result.folded) == 2 and isinstance(result.model, torch.fx.GraphModule)
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-class _ReusedNorm(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.bn = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.a(x)) + self.bn(self.b(x))
-
-
-def test_a_batch_norm_called_twice_is_left_in_place() -> None:
-    model = _randomize(_ReusedNorm())
-    result = fold_with_report(model)
-    assert result.folded == [] and result.skipped == [("bn", "the module is called more than once in a forward")]
-    x = torch.randn(2, 3, 4, 4)
-    torch.testing.assert_close(result.model(x), model(x))
+def test_a_graph_module_folds_a_layer_with_batch_norm_on_both_sides(randomize: Randomize) -> None:
+    # The graph is rewritten here: the second fold must start from the first fold's layer, not the original.
+    model = randomize(nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 5), bnlab.BatchNorm1d(5)))
+    x = torch.randn(6, 5)
+    result = fold_with_report(torch.fx.symbolic_trace(model).eval(), example_inputs=x)
+    assert result.folded == [("0", "1"), ("2", "1")]
+    torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_batch_norm_that_cannot_fold_is_left_in_place() -> None:
-    model = _randomize(nn.Sequential(
-        nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1),  # padded conv: padding would be shifted too
-        nn.ReLU(), nn.BatchNorm2d(4, track_running_stats=False),  # batch statistics even in eval
-    ))
-    result = fold_with_report(model)
-    assert result.folded == [] and [bn for bn, _ in result.skipped] == ["0", "3"]
-    assert "track_running_stats=False" in dict(result.skipped)["3"]
-    x = torch.randn(2, 3, 5, 5)
-    torch.testing.assert_close(result.model(x), model(x))
-
-
-def test_example_inputs_stop_a_wrong_linear_fold() -> None:
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)), id="bn-before-linear"),
+    pytest.param(lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), id="bn-after-linear"),
+])
+def test_example_inputs_stop_a_wrong_linear_fold(build: Callable[[], nn.Module], randomize: Randomize) -> None:
     # BatchNorm1d on (N, C, L) normalizes C while the Linear acts on L; with C == L a blind fold would be wrong.
-    model = _randomize(nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3)))
+    model = randomize(build())
     x = torch.randn(2, 4, 4)
     assert fold_with_report(model, example_inputs=x).folded == []
     torch.testing.assert_close(fold(model, example_inputs=x)(x), model(x))
-    assert len(fold_with_report(model, example_inputs=torch.randn(2, 4)).folded) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2-D examples settle the question: no warning
+        assert len(fold_with_report(model, example_inputs=torch.randn(2, 4)).folded) == 1
+    # Without examples 2-D input is assumed, as in an MLP, and the caller is told so.
+    with pytest.warns(FoldAssumptionWarning, match=r"assumes.*2-D.*example_inputs"):
+        assert len(fold_with_report(model).folded) == 1
 
 
 class _Untraceable(nn.Module):
@@ -206,23 +154,23 @@ class _DataDependent(nn.Module):
         return -x
 
 
-def test_untraceable_model_names_the_part_and_falls_back() -> None:
-    model = _randomize(_Untraceable())
+def test_untraceable_model_names_the_part_and_falls_back(randomize: Randomize) -> None:
+    model = randomize(_Untraceable())
     with pytest.raises(ValueError, match=r"cannot trace 'gate' \(_DataDependent\).*method='sequential'"):
         fold(model, method="fx")
-    with pytest.warns(FoldFallbackWarning, match="'gate'"):
-        result = fold_with_report(model)
-    assert result.method == "sequential" and len(result.folded) == 2
     x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(FoldFallbackWarning, match="'gate'"):
+        result = fold_with_report(model, example_inputs=x)
+    assert result.method == "sequential" and len(result.folded) == 2
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_agrees_with_torch_fuser() -> None:
+def test_agrees_with_torch_fuser(randomize: Randomize) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the module imports torch.jit helpers that warn about deprecation
         from torch.fx.experimental.optimization import fuse
 
-    model = _randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                                      nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)))
     x = torch.randn(2, 3, 8, 8)
     with warnings.catch_warnings():
@@ -236,3 +184,42 @@ def test_bad_arguments() -> None:
         fold(nn.Linear(2, 2).eval(), method="magic")
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         fold("model")  # type: ignore[arg-type]
+
+
+def test_an_uninitialized_lazy_model_is_refused_with_the_fix(randomize: Randomize) -> None:
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d()).eval()
+    with pytest.raises(ValueError, match=r"lazy layer '0' \(LazyConv2d\) .*one forward pass"):
+        fold(model)
+    model(torch.randn(2, 3, 6, 6))  # initialized: folds like any other
+    assert len(fold_with_report(randomize(model)).folded) == 1
+
+
+class _IndexedSequential(nn.Module):
+    """Untraceable, and calls the members of an nn.Sequential one by one, reusing the conv's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.gate = _DataDependent()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.f[0](x)
+        return self.gate(self.f[2](self.f[1](c)) + c)
+
+
+def test_the_sequential_fallback_states_its_assumption_and_example_inputs_check_it(randomize: Randomize) -> None:
+    model = randomize(_IndexedSequential())
+    with pytest.warns(FoldFallbackWarning, match="runs its children in order"):
+        fold(model)
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(FoldFallbackWarning), pytest.raises(ValueError, match=r"changed the model's outputs.*in order"):
+        fold(model, example_inputs=x)
+
+
+def test_example_inputs_leave_the_statistics_of_layers_that_update_in_eval_alone(randomize: Randomize) -> None:
+    model = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)))
+    model = bnlab.tools.freeze(model, "3", normalize_with=None, update_stats=True)  # updates on every forward
+    before = model[3].running_mean.clone()
+    result = fold_with_report(model, example_inputs=torch.randn(2, 3, 6, 6))
+    assert result.folded == [("1", "0")] and [bn for bn, _ in result.skipped] == ["3"]
+    torch.testing.assert_close(result.model[3].running_mean, before, rtol=0, atol=0)

@@ -15,6 +15,7 @@ from torch import nn
 import bnlab
 from bnlab.reference import population_statistics
 from bnlab.tools import recalibrate
+from bnlab.tools._population import PopulationAccumulator
 
 DATA = torch.randn(40, 3, 4, 4, dtype=torch.float64) * torch.tensor([0.5, 2.0, 5.0]).view(1, 3, 1, 1) + torch.tensor(
     [-1.0, 0.0, 100.0]).view(1, 3, 1, 1)  # channel 2: a large mean over a small spread, cancellation-prone
@@ -180,9 +181,16 @@ def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "store"), str(outs[r])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    for p in procs:
-        output, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, output.decode()[-2000:]
+    try:
+        for p in procs:
+            output, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, output.decode()[-2000:]
+    finally:
+        # On a timeout or a failed rank the other worker would wait for its peer forever: end both.
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     results = [torch.load(o, weights_only=True) for o in outs]
     for mode in ("pooled", "paper", "cumulative"):
         single = w.model()
@@ -192,3 +200,15 @@ def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
             for key, value in single.state_dict().items():
                 torch.testing.assert_close(results[r][mode]["state"][key], value, rtol=1e-5, atol=1e-6,
                                            msg=lambda m, key=key, mode=mode: f"{mode} {key}: {m}")
+
+
+def test_merging_means_and_variances_weighs_them_and_refuses_the_pooled_estimate() -> None:
+    # How processes' cumulative averages (over 1 and 3 batches) combine: weighted by their batch counts.
+    acc = PopulationAccumulator()
+    acc.merge_mean_var(1, torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0]))
+    acc.merge_mean_var(3, torch.tensor([5.0, 2.0]), torch.tensor([8.0, 1.0]))
+    mean, var = acc.result("paper")
+    torch.testing.assert_close(mean, torch.tensor([4.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(var, torch.tensor([7.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="pooled variance needs"):
+        acc.result("pooled")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import torch
 from bnlab.data import sources
 from bnlab.data.idx import read_idx
 
-__all__ = ["DATASET_NAMES", "Dataset", "load_dataset", "read_idx"]
+__all__ = ["DATASET_NAMES", "DATA_DIR_NAMES", "Dataset", "load_dataset", "read_idx"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ _LOADERS: dict[str, Callable[[str | os.PathLike[str] | None, int], sources.Array
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
+# The data sets read from a folder (``data_dir``); the others ship inside Python packages.
+DATA_DIR_NAMES: tuple[str, ...] = ("fashion-mnist",)
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> Dataset:
@@ -59,7 +62,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None, s
     Args:
         name: ``"mnist-5k"``, ``"fashion-mnist"``, ``"digits"`` or ``"synthetic"``.
         data_dir: for ``fashion-mnist``, a folder holding its four IDX files (default ``$BNLAB_DATA``, then
-            /usr/share/datasets/fashion-mnist); the others ship inside Python packages and ignore it.
+            /usr/share/datasets/fashion-mnist); the others ship inside Python packages: for them it is ignored,
+            with a ``UserWarning``.
         seed: the seed of the stratified train/test split (``mnist-5k``, ``digits``) or of the generated data
             (``synthetic``); Fashion-MNIST has its own fixed split.
 
@@ -69,6 +73,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None, s
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if data_dir is not None and name not in DATA_DIR_NAMES:
+        warnings.warn(f"data_dir={str(data_dir)!r} is ignored: {name} ships inside a Python package (only "
+                      f"{', '.join(DATA_DIR_NAMES)} is read from a folder)", UserWarning, stacklevel=2)
     arrays = _LOADERS[name](data_dir, seed)
     return Dataset(
         name=name,

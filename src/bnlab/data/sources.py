@@ -22,6 +22,8 @@ FASHION_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+FASHION_SIDE = 28  # pixels per image side
+FASHION_COUNTS = {"train": 60_000, "test": 10_000}  # what Debian's package holds (the official split)
 
 
 class Arrays(NamedTuple):
@@ -83,7 +85,11 @@ def fashion_mnist_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def fashion_mnist(data_dir: str | os.PathLike[str] | None) -> Arrays:
-    """The full 60,000/10,000 Fashion-MNIST from its four IDX files (gzipped or not)."""
+    """The full 60,000/10,000 Fashion-MNIST from its four IDX files (gzipped or not).
+
+    Besides the IDX reader's checks: 28×28 images, at least one per part, as many labels as images, labels in
+    0..9, and in Debian's folder exactly 60,000 and 10,000 images. Anything else is a ValueError naming the file.
+    """
     folder = fashion_mnist_dir(data_dir)
     paths = {key: _find(folder, name) for key, name in FASHION_FILES.items()}
     missing = [FASHION_FILES[key] for key, p in paths.items() if p is None]
@@ -94,8 +100,18 @@ def fashion_mnist(data_dir: str | os.PathLike[str] | None) -> Arrays:
             f"holding the four IDX files"
         )
     arrays = {key: read_idx(p, ndim=3 if key.startswith("x") else 1) for key, p in paths.items() if p is not None}
+    debian = folder.resolve() == FASHION_MNIST_DIR.resolve()
     for part in ("train", "test"):
-        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        x, y, x_path = arrays[f"x_{part}"], arrays[f"y_{part}"], paths[f"x_{part}"]
+        if len(x) == 0:
+            raise ValueError(f"{x_path}: holds no images; it is not Fashion-MNIST's {part} set")
+        if x.shape[1:] != (FASHION_SIDE, FASHION_SIDE):
+            raise ValueError(f"{x_path}: images of {x.shape[1]}×{x.shape[2]} pixels; Fashion-MNIST's are "
+                             f"{FASHION_SIDE}×{FASHION_SIDE}: the file is not Fashion-MNIST's")
+        if debian and len(x) != FASHION_COUNTS[part]:
+            raise ValueError(f"{x_path}: {len(x):,} {part} images; Debian's dataset-fashion-mnist holds "
+                             f"{FASHION_COUNTS[part]:,}: reinstall it with "
+                             f"`apt-get install --reinstall dataset-fashion-mnist`")
         if len(x) != len(y):
             raise ValueError(f"Fashion-MNIST in {folder}: {len(x)} {part} images but {len(y)} labels; the files do "
                              f"not belong together")

@@ -82,17 +82,24 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     :meth:`~bnlab.kernels.base.Backend.auto_min_numel` for that size and mode, passing over a backend that is
     only faster on larger layers; an explicit name or ``$BNLAB_BACKEND`` is never second-guessed.
     """
-    key = (name, os.environ.get(ENV_VAR, ""), device.type, dtype)
+    env = os.environ.get(ENV_VAR, "")
     if torch.compiler.is_compiling():
-        backend = _resolve(*key)  # traced once per graph; the cache would only add a global mutation
-    else:
-        cached = _RESOLVED.get(key)
-        if cached is None:
-            cached = _RESOLVED[key] = _resolve(*key)
-        backend = cached
-    if numel is not None and name == AUTO and not (key[1] and key[1] != AUTO):
+        # Answered outside the graph: availability checks may import or even build kernels, which a tracer
+        # cannot follow. The size-aware choice is left out here, since shapes may be symbolic while tracing.
+        return _BACKENDS[_resolve_while_tracing(name, env, device.type, dtype)]
+    key = (name, env, device.type, dtype)
+    backend = _RESOLVED.get(key)
+    if backend is None:
+        backend = _RESOLVED[key] = _resolve(*key)
+    if numel is not None and name == AUTO and not (env and env != AUTO):
         backend = _by_size(backend, device, dtype, numel, training)
     return backend
+
+
+@torch.compiler.assume_constant_result
+def _resolve_while_tracing(name: str, env: str, device_type: str, dtype: torch.dtype) -> str:
+    """The backend's name, computed eagerly when torch.compile reaches it and kept as a constant of the graph."""
+    return _resolve(name, env, device_type, dtype).name
 
 
 def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int, training: bool) -> Backend:
@@ -100,9 +107,7 @@ def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int
         return best
     order = _ORDER.get((device.type, dtype))
     if order is None:
-        order = [_BACKENDS[n] for n in available_backends(device, dtype)]
-        if not torch.compiler.is_compiling():
-            _ORDER[(device.type, dtype)] = order
+        order = _ORDER[(device.type, dtype)] = [_BACKENDS[n] for n in available_backends(device, dtype)]
     for candidate in order:  # the next ones in "auto"'s order
         if numel >= candidate.auto_min_numel(device, dtype, training):
             return candidate

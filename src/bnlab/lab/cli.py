@@ -48,8 +48,8 @@ def register(subparsers: Any) -> None:
 
     p_report = subparsers.add_parser(
         "report", help="rebuild a run's figures and report.html from its files",
-        description="Rebuild the figures, result.json (when missing) and report.html of a run folder from its "
-                    "files alone, and the runs index beside it.",
+        description="Rebuild result.json (the verdicts, from metrics.jsonl), the figures and report.html of a run "
+                    "folder from its files alone, and the runs index beside it.",
     )
     p_report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder, e.g. runs/fig1/20250101-120000")
     p_report.set_defaults(func=_report)
@@ -65,8 +65,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bnlab.lab.config import ConfigError
-    from bnlab.lab.records import REPORT
-    from bnlab.lab.registry import get_experiment
+    from bnlab.lab.records import REPORT, RunFilesError
+    from bnlab.lab.registry import RunSetupError, get_experiment
     from bnlab.lab.runner import DEFAULT_THREADS, make_config, run_experiment
 
     try:
@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
                                  data_dir=args.data_dir, quick=args.quick, deterministic=args.deterministic,
                                  threads=DEFAULT_THREADS if args.threads is None else args.threads,
                                  command=command)
-    except (FileNotFoundError, ValueError) as err:  # missing data, a bad seed list, an unusable device
+    # Only the errors that are about the request; any other exception is a bug and keeps its traceback.
+    except (FileNotFoundError, RunSetupError, RunFilesError) as err:
         raise CLIError(str(err)) from None
     _print_verdicts(run_dir)
     print(f"report: {run_dir / REPORT}")

@@ -37,6 +37,7 @@ def parse_override(text: str) -> tuple[str, str]:
 
 
 def _convert(key: str, raw: str, kind: Any) -> Any:
+    """The command-line text ``raw`` as a value of the non-str field type ``kind``."""
     if kind is bool:
         if raw.lower() in _TRUE | _FALSE:
             return raw.lower() in _TRUE
@@ -51,8 +52,6 @@ def _convert(key: str, raw: str, kind: Any) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{key} takes a number, got {raw!r}") from None
-    if kind is str:
-        return raw
     raise ConfigError(f"{key} cannot be set from the command line (its type is {kind})")
 
 

@@ -1,6 +1,8 @@
 """Plot helpers shared by the experiments: one style, files written as PNG and SVG, mean-and-spread curves.
 
-Matplotlib runs on its file-only Agg backend, so plotting needs no display.
+Figures are built as :class:`matplotlib.figure.Figure` objects and written by their own canvas, never through
+pyplot: plotting needs no display, and it leaves the process's matplotlib backend and pyplot's figures alone
+(a notebook that calls the lab keeps its inline plots).
 """
 
 from __future__ import annotations
@@ -10,35 +12,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLORS", "mean_band", "new_figure", "save"]
+__all__ = ["COLORS", "LABELS", "mean_band", "new_figure", "save"]
 
 COLORS = {"baseline": "#d62728", "bn": "#1f77b4"}  # the paper draws the baseline dashed, BN solid
 LABELS = {"baseline": "without BN", "bn": "with BN"}
 
 
 def new_figure(ncols: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, Any]:
-    import matplotlib
+    """A figure with ``ncols`` axes in one row, each ``width`` × ``height`` inches: (figure, axes array)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)
     return fig, axes[0]
 
 
 def save(fig: Any, out_dir: Path, stem: str) -> None:
-    """Write ``stem.png`` and ``stem.svg`` into ``out_dir`` and close the figure."""
-    import matplotlib.pyplot as plt
-
+    """Write ``stem.png`` and ``stem.svg`` into ``out_dir`` (the figure is not registered anywhere to close)."""
     fig.savefig(out_dir / f"{stem}.png", dpi=110)
     fig.savefig(out_dir / f"{stem}.svg")
-    plt.close(fig)
 
 
 def mean_band(ax: Any, x: np.ndarray, values: np.ndarray, **line: Any) -> None:
-    """Plot the mean over rows of ``values`` (S, T) against ``x`` (T,), shading ± one standard deviation when S > 1."""
-    mean = np.nanmean(values, axis=0) if len(values) else values
-    ax.plot(x, mean, **line)
+    """Plot the mean over rows of ``values`` (S, T) against ``x`` (T,), shading ± one standard deviation when S > 1.
+
+    A step where any row is NaN (not measured) is left out of the line rather than averaged over fewer rows.
+    """
+    mean = values.mean(axis=0)
+    keep = np.isfinite(mean)
+    if keep.sum() == 1:
+        line.setdefault("marker", "o")  # a line of one point is invisible without a marker
+    ax.plot(x[keep], mean[keep], **line)
     if len(values) > 1:
-        std = np.nanstd(values, axis=0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=line.get("color"), alpha=0.2, linewidth=0)
+        std = values.std(axis=0, ddof=1)[keep]
+        ax.fill_between(x[keep], mean[keep] - std, mean[keep] + std, color=line.get("color"), alpha=0.2,
+                        linewidth=0)

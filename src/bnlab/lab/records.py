@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 __all__ = ["MetricsWriter", "RunFilesError", "environment", "new_run_dir", "read_json", "read_metrics",
-           "write_json"]
+           "source_checkout", "write_json"]
 
 CONFIG, ENV, METRICS, RESULT, REPORT = "config.json", "env.json", "metrics.jsonl", "result.json", "report.html"
 
@@ -91,10 +92,12 @@ class MetricsWriter:
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")
+        self.written = 0  # records written through this writer
 
     def __call__(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
         self._file.flush()
+        self.written += 1
 
     def close(self) -> None:
         self._file.close()
@@ -106,8 +109,24 @@ class MetricsWriter:
         self.close()
 
 
+def source_checkout(module_file: Path) -> Path | None:
+    """The bnlab checkout ``module_file`` (``src/bnlab/lab/records.py``) belongs to, or None for an installed copy.
+
+    Three levels above the package is the checkout only when its pyproject.toml names bnlab; otherwise (a wheel in
+    site-packages, perhaps inside some other repository) git would report a revision that is not bnlab's.
+    """
+    repo = module_file.resolve().parents[3]
+    try:
+        pyproject = (repo / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return repo if re.search(r'^name\s*=\s*"bnlab"\s*$', pyproject, re.MULTILINE) else None
+
+
 def _git_revision() -> dict[str, Any]:
-    repo = Path(__file__).resolve().parents[3]  # src/bnlab/lab/records.py → the checkout, when there is one
+    repo = source_checkout(Path(__file__))
+    if repo is None:
+        return {"revision": None, "dirty": None}
 
     def git(*args: str) -> str | None:
         try:

@@ -3,7 +3,9 @@
 - ``train(config, ctx)`` trains for one seed (``ctx.seed``) and streams its measurements through ``ctx.log``;
 - ``summarize(config, records)`` turns the measurements of all seeds into the result: the numbers, the tables
   and each claim of the paper with the verdict this run reached;
-- ``plot(config, records, result, out_dir)`` draws the figures from those files alone.
+- ``plot(config, records, result, out_dir)`` draws the figures from those files alone;
+- ``prepare(config, device, data_dir, cache)`` (optional) checks, before the run folder is made, that the run can
+  start (data on disk, a batch-norm backend that runs on the device), and may load what the seeds share.
 
 So a run can be re-summarized and re-plotted from its files without training again (``bnlab report``).
 """
@@ -16,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENT_MODULES", "Experiment", "Figure", "RunContext", "experiment_names", "get_experiment",
-           "register"]
+__all__ = ["EXPERIMENT_MODULES", "Experiment", "Figure", "RunContext", "RunSetupError", "experiment_names",
+           "get_experiment", "register"]
 
 # Modules that register experiments when imported; later issues add theirs here.
 EXPERIMENT_MODULES: tuple[str, ...] = ("bnlab.lab.experiments.fig1",)
 
 Records = list[dict[str, Any]]
+
+
+class RunSetupError(ValueError):
+    """A run that cannot start as asked (a bad seed list, an unusable device or backend, unreadable data, an
+    option the run does not use); the message says what to change. The CLI prints it as one line."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,6 @@ class RunContext:
     log: Callable[[dict[str, Any]], None]
     data_dir: str | None = None
     progress: bool | None = None
-    deterministic: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the seeds of one run (e.g. the data set)
 
 
@@ -58,6 +64,8 @@ class Experiment:
     plot: Callable[[Any, Records, Mapping[str, Any], Path], list[Figure]]
     quick: Mapping[str, Any] = field(default_factory=dict)
     smoke: Mapping[str, Any] = field(default_factory=dict)  # settings for a seconds-long run on synthetic data
+    # (config, device, data_dir, cache): raises RunSetupError or FileNotFoundError when the run cannot start.
+    prepare: Callable[[Any, Any, str | None, dict[str, Any]], None] | None = None
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}

@@ -1,7 +1,7 @@
 """``report.html``, a self-contained page for one run (figures embedded), and ``runs/index.html`` listing all runs.
 
-Both are built from a run's files alone. ``build_report`` first writes ``result.json`` from ``metrics.jsonl``
-when the run has none (a run that was interrupted, or one that just finished training).
+Both are built from a run's files alone. ``build_report`` first (re)writes ``result.json`` from ``metrics.jsonl``,
+so the verdicts always follow the measurements and the code that judges them, never an older summary.
 """
 
 from __future__ import annotations
@@ -35,35 +35,52 @@ figcaption { color: #444; font-size: .93em; max-width: 60em; } code { background
 """
 
 
-def _e(value: Any) -> str:
+def _esc(value: Any) -> str:
+    """``value`` as HTML text."""
     return html.escape(str(value))
 
 
 def _table(columns: Sequence[Any], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _well_formed(meta: Any) -> bool:
+    """Whether a parsed config.json has the shape ``bnlab run`` writes: an experiment name and a settings object."""
+    return isinstance(meta, dict) and isinstance(meta.get("experiment"), str) and isinstance(meta.get("config"), dict)
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], Any, Any, list[dict[str, Any]]]:
     if not run_dir.is_dir():
         raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/fig1/20250101-120000")
-    meta = read_json(run_dir / CONFIG)
+    path = run_dir / CONFIG
+    meta = read_json(path)
+    if not _well_formed(meta):
+        raise RunFilesError(f'{path} is damaged: it must be a JSON object with "experiment" (a name) and "config" (an '
+                            f"object of settings), as `bnlab run` writes it")
     try:
         experiment = get_experiment(meta["experiment"])
-        config: Any = config_from_dict(experiment.config_cls, meta["config"])
-    except (KeyError, TypeError) as err:
-        raise RunFilesError(f"{run_dir / CONFIG} lacks {err}; the file is damaged") from None
-    except ConfigError as err:
-        raise RunFilesError(f"{run_dir / CONFIG} does not fit this version of bnlab: {err}") from None
     except ValueError as err:
-        raise RunFilesError(f"{run_dir / CONFIG}: {err}") from None
+        raise RunFilesError(f"{path}: {err}") from None
+    try:
+        config: Any = config_from_dict(experiment.config_cls, meta["config"])
+    except ConfigError as err:
+        raise RunFilesError(f"{path} does not fit this version of bnlab: {err}") from None
     return meta, experiment, config, read_metrics(run_dir / METRICS)
+
+
+def _seeds(meta: Mapping[str, Any]) -> str:
+    """The run's seeds as text ("" when not recorded); a ValueError when they are not a list."""
+    seeds = meta.get("seeds", [])
+    if not isinstance(seeds, list):
+        raise ValueError(f"seeds must be a list, got {seeds!r}")
+    return ", ".join(map(str, seeds))
 
 
 def build_report(run_dir: Path) -> Path:
@@ -74,50 +91,51 @@ def build_report(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     meta, experiment, config, records = _load(run_dir)
-    if not (run_dir / RESULT).is_file():
-        try:
-            write_json(run_dir / RESULT, experiment.summarize(config, records))
-        except ValueError as err:
-            raise RunFilesError(f"{run_dir}: cannot summarize {METRICS}: {err}") from None
+    try:
+        write_json(run_dir / RESULT, experiment.summarize(config, records))
+    except ValueError as err:
+        raise RunFilesError(f"{run_dir}: cannot summarize {METRICS}: {err}") from None
     result = read_json(run_dir / RESULT)
     env = read_json(run_dir / ENV) if (run_dir / ENV).is_file() else {}
     figures = experiment.plot(config, records, result, run_dir)
 
     defaults = dataclasses.asdict(experiment.config_cls())
-    meta_line = [f"experiment <code>{_e(experiment.name)}</code>", f"run <code>{_e(run_dir.name)}</code>",
-                 f"seeds {_e(', '.join(map(str, meta.get('seeds', []))))}", f"device {_e(meta.get('device'))}"]
+    meta_line = [f"experiment <code>{_esc(experiment.name)}</code>", f"run <code>{_esc(run_dir.name)}</code>",
+                 f"seeds {_esc(_seeds(meta) if isinstance(meta.get('seeds', []), list) else '?')}",
+                 f"device {_esc(meta.get('device'))}"]
     if env.get("git", {}).get("revision"):
         dirty = " (with uncommitted changes)" if env["git"].get("dirty") else ""
-        meta_line.append(f"git {_e(env['git']['revision'][:10])}{dirty}")
-    parts = [f"<h1>{_e(result.get('title', experiment.summary))}</h1>",
+        meta_line.append(f"git {_esc(env['git']['revision'][:10])}{dirty}")
+    parts = [f"<h1>{_esc(result.get('title', experiment.summary))}</h1>",
              f'<p class="meta">{" · ".join(meta_line)}</p>']
     if meta.get("quick"):
-        quick = meta.get("quick_settings", {})
-        changed = ", ".join(f"{k} = {v} (full run: {defaults.get(k)})" for k, v in quick.items())
-        parts.append(f'<p class="banner"><b>Quick run</b> (<code>--quick</code>): {_e(changed)}. '
+        # The values this run used (the configuration), which --set may have changed after --quick.
+        changed = ", ".join(f"{k} = {getattr(config, k)} (full run: {defaults[k]})" for k in experiment.quick)
+        parts.append(f'<p class="banner"><b>Quick run</b> (<code>--quick</code>): {_esc(changed)}. '
                      f"The paper's numbers need the full run.</p>")
     if not result.get("complete", True):
-        parts.append('<p class="banner"><b>Incomplete run</b>: training stopped before every network and seed '
-                     "finished; what follows is what it measured.</p>")
+        why = result.get("incomplete") or "training stopped before every network and seed finished"
+        parts.append(f'<p class="banner"><b>Incomplete run</b>: {_esc(why)}. The verdicts, tables and figures use '
+                     "only what finished; a claim that could not be judged says why.</p>")
 
     parts.append("<h2>Claims of the paper, judged by this run</h2>")
     rows = []
     for claim in result.get("claims", []):
         cls = _VERDICT_CLASS.get(claim["verdict"], "skip")
-        rows.append(f'<tr><td>{_e(claim["claim"])}</td><td><span class="verdict {cls}">{_e(claim["verdict"])}'
-                    f'</span></td><td>{_e(claim["evidence"])}</td></tr>')
+        rows.append(f'<tr><td>{_esc(claim["claim"])}</td><td><span class="verdict {cls}">{_esc(claim["verdict"])}'
+                    f'</span></td><td>{_esc(claim["evidence"])}</td></tr>')
     parts.append('<table class="claims"><thead><tr><th>claim</th><th>verdict</th><th>evidence (this run\'s numbers)'
                  f'</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
     parts.append("<h2>Figures</h2>")
     for fig in figures:
         png = base64.b64encode((run_dir / f"{fig.stem}.png").read_bytes()).decode("ascii")
-        parts.append(f'<figure><img alt="{_e(fig.stem)}" src="data:image/png;base64,{png}">'
-                     f'<figcaption>{_e(fig.caption)} (<a href="{_e(fig.stem)}.svg">SVG</a>)</figcaption></figure>')
+        parts.append(f'<figure><img alt="{_esc(fig.stem)}" src="data:image/png;base64,{png}">'
+                     f'<figcaption>{_esc(fig.caption)} (<a href="{_esc(fig.stem)}.svg">SVG</a>)</figcaption></figure>')
 
     parts.append("<h2>Measurements</h2>")
     for table in result.get("tables", []):
-        parts.append(f"<h3>{_e(table['title'])}</h3>" + _table(table["columns"], table["rows"]))
+        parts.append(f"<h3>{_esc(table['title'])}</h3>" + _table(table["columns"], table["rows"]))
 
     parts.append("<h2>Configuration</h2>")
     config_rows = [[k, v, "" if defaults.get(k) == v else f"changed (default {defaults.get(k)})"]
@@ -126,7 +144,7 @@ def build_report(run_dir: Path) -> Path:
     parts.append("<h2>Environment</h2>")
     parts.append(_table(["", ""], [[k, v] for k, v in env.items()]))
     parts.append(f"<p>Files: <code>{CONFIG}</code>, <code>{ENV}</code>, <code>{METRICS}</code>, <code>{RESULT}</code>"
-                 f", the figures as PNG and SVG. Rebuild this page with <code>bnlab report {_e(run_dir)}</code>.</p>")
+                 f", the figures as PNG and SVG. Rebuild this page with <code>bnlab report {_esc(run_dir)}</code>.</p>")
     page = run_dir / REPORT
     page.write_text(_page(f"bnlab {experiment.name} {run_dir.name}", "\n".join(parts)), encoding="utf-8")
     return page
@@ -139,32 +157,43 @@ def _verdicts(result: Mapping[str, Any]) -> str:
     return f"{ok} of {len(judged)} claims reproduced" if judged else "no claim judged"
 
 
+def _index_row(run_dir: Path) -> str:
+    """One run's row in the index; raises on a folder whose files are not what ``bnlab run`` writes."""
+    meta = read_json(run_dir / CONFIG)
+    result = read_json(run_dir / RESULT) if (run_dir / RESULT).is_file() else None
+    if not _well_formed(meta) or not isinstance(result, dict | None):
+        raise ValueError(f"{run_dir} holds files of the wrong shape")
+    config = meta["config"]
+    steps = config.get("steps")
+    rel = f"{run_dir.parent.name}/{run_dir.name}"
+    link = (f'<a href="{_esc(rel)}/{REPORT}">{_esc(run_dir.name)}</a>' if (run_dir / REPORT).is_file()
+            else _esc(run_dir.name))
+    status = _verdicts(result) if result is not None else "no result (interrupted or running)"
+    if result is not None and not result.get("complete", True):
+        status += " (incomplete)"
+    cells = [_esc(meta["experiment"]), link, "quick" if meta.get("quick") else "full",
+             _esc(config.get("dataset", "")),
+             _esc(f"{steps:,}" if isinstance(steps, int) and not isinstance(steps, bool) else ""),
+             _esc(_seeds(meta)), _esc(status)]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
 def write_index(root: Path) -> Path:
-    """Write ``root/index.html``: every run under ``root/EXPERIMENT/RUN``, newest first, linked to its report."""
+    """Write ``root/index.html``: every run under ``root/EXPERIMENT/RUN``, newest first, linked to its report.
+
+    A folder whose files cannot be read or have the wrong shape is left out (``bnlab report`` on it says why).
+    """
     root = Path(root)
     rows = []
     for config_path in sorted(root.glob(f"*/*/{CONFIG}"), key=lambda p: p.parent.name, reverse=True):
-        run_dir = config_path.parent
         try:
-            meta = read_json(config_path)
-            result = read_json(run_dir / RESULT) if (run_dir / RESULT).is_file() else None
-        except RunFilesError:
-            continue  # a damaged folder is not listed; `bnlab report` on it says what is wrong
-        config = meta.get("config", {})
-        rel = f"{run_dir.parent.name}/{run_dir.name}"
-        link = (f'<a href="{_e(rel)}/{REPORT}">{_e(run_dir.name)}</a>' if (run_dir / REPORT).is_file()
-                else _e(run_dir.name))
-        status = _verdicts(result) if result is not None else "no result (interrupted or running)"
-        if result is not None and not result.get("complete", True):
-            status += " (incomplete)"
-        cells = [_e(meta.get("experiment")), link, "quick" if meta.get("quick") else "full",
-                 _e(config.get("dataset", "")), _e(f"{config['steps']:,}" if "steps" in config else ""),
-                 _e(", ".join(map(str, meta.get("seeds", [])))), _e(status)]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            rows.append(_index_row(config_path.parent))
+        except Exception:  # whatever is wrong with one folder, the index of the others is still written
+            continue
     head = "".join(f"<th>{c}</th>" for c in ("experiment", "run", "kind", "data set", "steps", "seeds", "verdicts"))
     runs = f"{len(rows)} run" + ("" if len(rows) == 1 else "s")
-    body = (f"<h1>bnlab runs</h1><p class=\"meta\">{runs} in {_e(root.resolve())}, newest first; "
-            f"updated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>"
+    body = (f"<h1>bnlab runs</h1><p class=\"meta\">{runs} in {_esc(root.resolve())}, newest first; "
+            f"updated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     root.mkdir(parents=True, exist_ok=True)
     index = root / INDEX

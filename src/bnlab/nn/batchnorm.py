@@ -29,6 +29,19 @@ def _module_forward(module: Any, input: Tensor) -> Tensor:
     ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default) override what the mode decides; see
     :class:`_BackendMixin`.
     """
+    running_mean, running_var, use_batch_stats, factor = prepare_call(module, input)
+    if factor is not None and not use_batch_stats:
+        return _normalize_with_running_then_update(module, input, factor)
+    return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
+                     0.0 if factor is None else factor, module.eps, module.backend)
+
+
+def prepare_call(module: Any, input: Tensor) -> tuple[Tensor | None, Tensor | None, bool, float | Tensor | None]:
+    """Check a module call and move its batch counter: (running_mean, running_var, use_batch_stats, factor).
+
+    The buffers are None where the call must not use or update them; ``factor`` is the averaging factor of the
+    running-statistics update, or None when this call does not update them.
+    """
     check_input_rank(input, module._bnlab_ranks, type(module).__name__)
     # Batch statistics in training, and in eval when there are no running statistics to use.
     use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
@@ -38,14 +51,14 @@ def _module_forward(module: Any, input: Tensor) -> Tensor:
     keep_buffers = not use_batch_stats or update
     running_mean = module.running_mean if keep_buffers else None
     running_var = module.running_var if keep_buffers else None
-    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats or update)
-    factor: float | Tensor = 0.0 if module.momentum is None else module.momentum
-    if update and module.num_batches_tracked is not None:
-        factor = _stats.advance(module.num_batches_tracked, module.momentum)
-    if update and not use_batch_stats:
-        return _normalize_with_running_then_update(module, input, factor)
-    return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats, factor,
-                     module.eps, module.backend)
+    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats or update,
+                          module.eps)
+    factor: float | Tensor | None = None
+    if update:
+        factor = 0.0 if module.momentum is None else module.momentum
+        if module.num_batches_tracked is not None:
+            factor = _stats.advance(module.num_batches_tracked, module.momentum)
+    return running_mean, running_var, use_batch_stats, factor
 
 
 def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, bool]:

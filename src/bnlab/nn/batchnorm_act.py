@@ -10,15 +10,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from bnlab import _stats
-from bnlab._checks import check_batch_norm_args, check_input_rank
 from bnlab.fused import _batch_norm_act, _check_residual, check_act_args
 from bnlab.kernels.fused import activate
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _module_forward
+from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _module_forward, prepare_call
 
 __all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
+
+
+def _act_module_forward(module: Any, input: Tensor, residual: Tensor | None) -> Tensor:
+    """The fused layer's forward: the plain layer's checks and counter, then act(BN(x) + r) in one operation."""
+    _check_residual(input, residual)
+    if module.normalize_with is not None or module.update_stats is not None:
+        # Switched by bnlab.tools.freeze: the plain forward honours the switches; the activation follows unfused.
+        z = _module_forward(module, input)
+        return activate(z if residual is None else z + residual, module.activation, module.negative_slope)
+    running_mean, running_var, use_batch_stats, factor = prepare_call(module, input)
+    return _batch_norm_act(input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
+                           0.0 if factor is None else factor, module.eps, residual, module.activation,
+                           module.negative_slope, module.save, module.backend)
+
+
+# A leaf for torch.fx, as bnlab.nn.batchnorm._module_forward is: a traced graph keeps mode switching.
+torch.fx.wrap("_act_module_forward")
 
 
 class _ActMixin:
@@ -39,27 +55,7 @@ class _ActMixin:
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         """act(BN(input) + residual); residual is None or a tensor of input's shape, dtype and device."""
-        m: Any = self
-        if m.normalize_with is not None or m.update_stats is not None:
-            # Switched by bnlab.tools.freeze: the plain layer's forward honours the switches, the activation
-            # follows unfused.
-            _check_residual(input, residual)
-            z = _module_forward(self, input)
-            return activate(z if residual is None else z + residual, self.activation, self.negative_slope)
-        check_input_rank(input, m._bnlab_ranks, type(self).__name__)
-        # The same steps as torch's _BatchNorm.forward (see bnlab.nn.batchnorm._module_forward), arguments
-        # checked before the batch counter moves.
-        use_batch_stats = m.training or (m.running_mean is None and m.running_var is None)
-        keep_buffers = not m.training or m.track_running_stats
-        running_mean = m.running_mean if keep_buffers else None
-        running_var = m.running_var if keep_buffers else None
-        check_batch_norm_args(input, running_mean, running_var, m.weight, m.bias, use_batch_stats)
-        _check_residual(input, residual)
-        factor: float | Tensor = 0.0 if m.momentum is None else m.momentum
-        if m.training and m.track_running_stats and m.num_batches_tracked is not None:
-            factor = _stats.advance(m.num_batches_tracked, m.momentum)
-        return _batch_norm_act(input, running_mean, running_var, m.weight, m.bias, use_batch_stats, factor, m.eps,
-                               residual, self.activation, self.negative_slope, self.save, m.backend)
+        return _act_module_forward(self, input, residual)
 
     def extra_repr(self) -> str:
         slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""

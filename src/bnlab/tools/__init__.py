@@ -9,12 +9,13 @@
 
 from bnlab.tools.convert import convert
 from bnlab.tools.diagnosis import Finding, Report, doctor
-from bnlab.tools.fold import FoldFallbackWarning, Folding, fold, fold_with_report
+from bnlab.tools.fold import FoldAssumptionWarning, FoldFallbackWarning, Folding, fold, fold_with_report
 from bnlab.tools.freeze import freeze, from_frozen, to_frozen
 from bnlab.tools.recalibrate import Recalibration, recalibrate
 
 __all__ = [
     "Finding",
+    "FoldAssumptionWarning",
     "FoldFallbackWarning",
     "Folding",
     "Recalibration",

@@ -19,6 +19,8 @@ update) in float64, so no Σx² − (Σx)² cancellation occurs.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import Tensor
 
@@ -31,23 +33,30 @@ class PopulationAccumulator:
     """Running sums for one layer: E[x], Σ m·σ², Σ m·unbiased σ², the spread of the batch means, and counts."""
 
     def __init__(self) -> None:
-        self.values = 0  # M = Σ m_B
+        self.values = 0  # M = Σ m_B over the batches in the statistics (the weights, after merge_mean_var)
         self.batches = 0
         self.samples = 0  # Σ N_B
-        self.smallest_batch: int | None = None  # min m_B: how reliable one batch's statistics are
+        self.sizes: Counter[int] = Counter()  # m_B → batches of that many values per channel
         self.mean: Tensor | None = None  # E[x] so far, (C,) float64
         self.within: Tensor | None = None  # Σ m_B·σ²_B
         self.paper: Tensor | None = None  # Σ m_B·m_B/(m_B−1)·σ²_B
         self.between: Tensor | None = None  # Σ m_B·(μ_B − E[x])²
+        self.summaries_only = False  # merge_mean_var was used: the pooled estimate is out of reach
+
+    @property
+    def typical_batch(self) -> int | None:
+        """The most common m_B (the largest of equally common ones), so that a short last batch does not count."""
+        if not self.sizes:
+            return None
+        return max(self.sizes, key=lambda m: (self.sizes[m], m))
 
     def count(self, x: Tensor) -> int:
         """Count one mini-batch x of shape (N, C, *) without its statistics; returns m, its values per channel."""
         m = values_per_channel(x)
         if m:
-            self.values += m
             self.batches += 1
             self.samples += x.shape[0]
-            self.smallest_batch = m if self.smallest_batch is None else min(self.smallest_batch, m)
+            self.sizes[m] += 1
         return m
 
     def add(self, x: Tensor, layer: str = "") -> None:
@@ -66,9 +75,18 @@ class PopulationAccumulator:
         mu = acc.mean(dims)  # μ_B
         sigma2 = (acc - per_channel(mu, x)).square().mean(dims)  # σ²_B, biased
         self._merge(m, mu, m * sigma2, m * (m / (m - 1)) * sigma2, torch.zeros_like(mu))
-        self.batches += 1
-        self.samples += x.shape[0]
-        self.smallest_batch = m if self.smallest_batch is None else min(self.smallest_batch, m)
+        self.count(x)
+
+    def merge_mean_var(self, weight: int, mean: Tensor, var: Tensor) -> None:
+        """Fold in a group known only by its mean and unbiased variance, (C,) each, weighted by ``weight``.
+
+        That is another process's cumulative average over ``weight`` batches. E[x] and the "paper" estimate (a
+        weighted mean of the groups' unbiased variances) take it in; the pooled estimate needs the groups' sizes
+        and spreads, so :meth:`result` refuses it afterwards. Counts (batches, samples) are the caller's.
+        """
+        self._merge(weight, mean.double(), torch.zeros_like(var, dtype=torch.float64), weight * var.double(),
+                    torch.zeros_like(var, dtype=torch.float64))
+        self.summaries_only = True
 
     def _merge(self, m: int, mean: Tensor, within: Tensor, paper: Tensor, between: Tensor) -> None:
         """Fold in a group of m values with its own mean and sums (a batch, or another process's totals)."""
@@ -107,4 +125,7 @@ class PopulationAccumulator:
             raise ValueError("no batch reached this layer, so it has no population statistics")
         if estimator == "paper":
             return self.mean, self.paper / self.values
+        if self.summaries_only:
+            raise ValueError("the pooled variance needs each group's size and spread; merge_mean_var has only means "
+                             "and variances")
         return self.mean, (self.within + self.between) / (self.values - 1)

@@ -17,9 +17,11 @@ import contextlib
 import importlib
 import os
 import pickle
+import stat
 import sys
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "build_model", "check_output_path", "load_state_dict", "load_weights", "save_state_dict"]
+__all__ = ["CheckpointError", "build_model", "check_output_path", "describe_error", "load_state_dict", "load_weights",
+           "save_state_dict"]
 
 SAFETENSORS = ".safetensors"
 #: Keys under which training scripts commonly nest the state_dict in a checkpoint dictionary.
@@ -42,6 +45,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def describe_error(err: BaseException) -> str:
+    """An exception raised by the user's code, in one line: its type and the first line of its message.
+
+    sys.exit() in user code (at import, in a factory or a forward) would end the command silently with the
+    user's exit code; it is reported like any other error.
+    """
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r})"
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {_one_line(first)}" if first else type(err).__name__
+
+
 def build_model(spec: str) -> nn.Module:
     """Call ``factory`` from ``module`` for ``"module:factory"``; the current directory is importable."""
     module_name, sep, attr = spec.partition(":")
@@ -50,9 +65,9 @@ def build_model(spec: str) -> nn.Module:
     with _importable(os.getcwd()):  # as with `python -m`, so that a models.py next to the user works
         try:
             module = importlib.import_module(module_name)
-        except Exception as err:  # any error while importing user code is the user's to fix
-            raise CheckpointError(f"cannot import {module_name!r} for --model {spec}: {type(err).__name__}: "
-                                  f"{_one_line(str(err))}") from err
+        except (Exception, SystemExit) as err:  # any error while importing user code is the user's to fix
+            raise CheckpointError(f"cannot import {module_name!r} for --model {spec}: {describe_error(err)}"
+                                  ) from err
         factory: Any = module
         for part in attr.split("."):
             factory = getattr(factory, part, None)
@@ -63,8 +78,8 @@ def build_model(spec: str) -> nn.Module:
                                   f"model")
         try:
             model = factory()
-        except Exception as err:
-            raise CheckpointError(f"{spec}() failed: {type(err).__name__}: {_one_line(str(err))}") from err
+        except (Exception, SystemExit) as err:
+            raise CheckpointError(f"{spec}() failed: {describe_error(err)}") from err
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -104,13 +119,24 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 f"it could run code. Save weights with torch.save(model.state_dict(), path) or as .safetensors"
             ) from None
         after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
-        reason = after[0] if after else (lines[-1] if lines else "unreadable")
-        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {_one_line(reason)[:200]}"
-                              ) from None
+        reason = _one_line(after[0] if after else (lines[-1] if lines else "unreadable"))[:200]
+        if _is_raw_pickle(file):
+            raise CheckpointError(
+                f"refusing to load {str(file)!r}: it is a pickle that the weights-only loader cannot read "
+                f"({reason}), not a state_dict saved by torch.save; unpickling it in full could run code. Save "
+                f"weights with torch.save(model.state_dict(), path) or as .safetensors"
+            ) from None
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {reason}") from None
     except Exception as err:
         raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {type(err).__name__}: "
                               f"{_one_line(str(err))[:200]}") from None
     return _as_state_dict(loaded, file)
+
+
+def _is_raw_pickle(file: Path) -> bool:
+    """A pickle stream (it opens with the PROTO opcode) rather than torch.save's zip archive."""
+    with open(file, "rb") as f:
+        return f.read(1) == pickle.PROTO and not zipfile.is_zipfile(file)
 
 
 def _load_safetensors(file: Path) -> dict[str, Tensor]:
@@ -168,25 +194,50 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise CheckpointError(f"--out {str(out)!r} is a directory; give a file name ending in .pt or .safetensors")
     if not out.parent.is_dir():
         raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    # Checked before the work, so that a long fold or recalibration does not end in a failed write.
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} is not writable")
     return out
 
 
 def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike[str],
                     metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors to ``path`` (.safetensors, else torch.save) through a temporary file and a rename."""
+    """Write tensors to ``path`` (.safetensors, else torch.save) through a temporary file and a rename.
+
+    ``metadata`` (strings) goes into a .safetensors header; torch's format has no place for it. The file gets the
+    permissions open() would give it. Any failure raises CheckpointError and leaves ``path`` as it was.
+    """
     out = check_output_path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # no shared storage
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
         if out.suffix == SAFETENSORS:
             from safetensors.torch import save_file
             save_file(tensors, tmp, metadata=metadata)
         else:
             torch.save(tensors, tmp)
+        os.chmod(tmp, _mode_for(out))
         os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(err, Exception):  # OSError (permissions, disk full) or torch's RuntimeError from the writer
+            raise CheckpointError(f"cannot write {str(out)!r}: {describe_error(err)}") from err
         raise
     return out
+
+
+def _mode_for(out: Path) -> int:
+    """What open() would give: an existing file keeps its mode; a new one gets 0o666 less the umask.
+
+    mkstemp creates the temporary file 0600 and the rename keeps that, so it is set explicitly.
+    """
+    try:
+        return stat.S_IMODE(out.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only way to read the umask is to set it; put back at once
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -10,23 +10,30 @@ file, so a failure leaves nothing behind. Every user error is one line on stderr
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bnlab.cli import CLIError
+from bnlab.tools._fold_check import discrepancy, outputs
 from bnlab.tools.checkpoint import (
     CheckpointError,
     build_model,
     check_output_path,
+    describe_error,
     load_state_dict,
     load_weights,
     save_state_dict,
 )
+
+if TYPE_CHECKING:
+    from bnlab.tools.fold import Folding
 
 INPUT_KEYS = ("x", "inputs", "images")
 LABEL_KEYS = ("y", "labels", "targets")
@@ -101,11 +108,8 @@ def load_arrays(spec: str, *, split: str, data_dir: str | None) -> tuple[Tensor,
     """Inputs (float32) and labels (int64 or float, or None) from an .npz file or a named dataset."""
     if spec.endswith(".npz"):
         return _load_npz(Path(spec))
-    try:
-        from bnlab.data import load_dataset
-    except ImportError:
-        raise CLIError(f"--data {spec!r}: named datasets need bnlab.data, which this installation lacks; pass an "
-                       f".npz file with an array 'x' instead") from None
+    from bnlab.data import load_dataset
+
     try:
         dataset = load_dataset(spec, data_dir=data_dir)
     except (ValueError, FileNotFoundError) as err:
@@ -158,17 +162,17 @@ def _batches(args: argparse.Namespace) -> tuple[list[Tensor], list[Tensor] | Non
 
 
 def _run(what: str, call: Any) -> Any:
-    """Run a tool on the user's model and data; their mistakes (shapes, dtypes) become one-line errors."""
+    """Run a tool on the user's model and data; whatever their code raises (a shape error, an assert in a
+    forward, sys.exit) becomes a one-line error naming its type."""
     try:
         return call()
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CLIError(f"{what} failed: {type(err).__name__}: {first}") from None
+    except (Exception, SystemExit) as err:
+        raise CLIError(f"{what} failed: {describe_error(err)}") from None
 
 
-def _save(state_dict: dict[str, Tensor], out: str) -> None:
+def _save(state_dict: dict[str, Tensor], out: str, metadata: dict[str, str] | None = None) -> None:
     try:
-        save_state_dict(state_dict, out)
+        save_state_dict(state_dict, out, metadata)
     except CheckpointError as err:
         raise CLIError(str(err)) from None
 
@@ -189,26 +193,75 @@ def _fold(args: argparse.Namespace) -> int:
     model = _model(args)
     batches = _batches(args)[0] if args.data else []
     example = batches[0] if batches else None
-    result = _run("fold", lambda: fold_with_report(model, example_inputs=example, method=args.method))
-    print(f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
-          + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none"))
-    for bn, reason in result.skipped:
-        print(f"left {bn}: {reason}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run("fold", lambda: fold_with_report(model, example_inputs=example, method=args.method))
+    report = [f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
+              + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none")]
+    report += [f"left {bn}: {reason}" for bn, reason in result.skipped]
+    # On the command line, the example inputs fold_with_report asks for are --data.
+    report += [f"warning: {w.message}".replace("pass example_inputs", "pass --data") for w in caught]
     if batches:
-        diff = _run("checking the folded model", lambda: _max_difference(model, result.model, batches))
-        print(f"max |folded − original| over {sum(b.shape[0] for b in batches)} inputs: {diff:.3g}")
-    _save(result.model.state_dict(), args.out)
-    print(f"wrote {args.out} (load it into bnlab.tools.fold({args.model.split(':')[-1]}().eval()))")
+        error, allowed, worst = _run("checking the folded model", lambda: _worst(model, result.model, batches))
+        if not error <= allowed:
+            raise CLIError(f"the folded model's outputs differ from the original's by up to {error:.3g} on batch "
+                           f"{worst + 1} of --data, more than float rounding ({allowed:.2g}); the model's forward "
+                           f"uses its layers in a way the fold cannot see: nothing written")
+        report.append(f"max |folded − original| over {sum(b.shape[0] for b in batches)} inputs: {error:.3g}")
+    recipe = _load_recipe(args, result, example)
+    stored = {"folded": [list(pair) for pair in result.folded], "method": result.method, "load": recipe}
+    _save(result.model.state_dict(), args.out, {"bnlab.fold": json.dumps(stored)})
+    print("\n".join(report))
+    print(f"wrote {args.out}; it loads into {recipe}")
     return 0
 
 
-def _max_difference(original: nn.Module, folded: nn.Module, batches: list[Tensor]) -> float:
-    worst = 0.0
-    with torch.no_grad():
-        for x in batches:
-            a, b = original(x), folded(x)
-            worst = max(worst, float((a - b).abs().max()))
+def _worst(original: nn.Module, folded: nn.Module, batches: list[Tensor]) -> tuple[float, float, int]:
+    """(error, allowed, batch index) of the batch where folded and original outputs differ most, relative to
+    what float rounding allows there (bnlab.tools._fold_check.discrepancy)."""
+    worst = (0.0, float("inf"), 0)
+    for index, x in enumerate(batches):
+        error, allowed = discrepancy(outputs(original, (x,)), outputs(folded, (x,)))
+        if not error <= allowed or error * worst[1] > worst[0] * allowed:
+            worst = (error, allowed, index)
+            if not error <= allowed:
+                break
     return worst
+
+
+def _load_recipe(args: argparse.Namespace, result: Folding, example: Tensor | None) -> str:
+    """How to build a model that the folded weights load into: the same fold of a freshly built model.
+
+    What folds depends on the weights (a batch norm with non-finite statistics stays) and on the example
+    inputs, so the fresh model is folded here and compared, and a mismatch is refused rather than written.
+    """
+    from bnlab.tools.fold import fold_with_report
+
+    factory, method = args.model.partition(":")[2], result.method
+    options = ("" if example is None else ", example_inputs=x") + ("" if method == "fx" else f", method={method!r}")
+    recipe = f"bnlab.tools.fold({factory}().eval(){options})"
+    if example is not None:
+        recipe += f", x a batch shaped {tuple(example.shape)}"
+    try:
+        fresh = build_model(args.model).eval()
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once already, for the model itself
+        again = _run("folding a freshly built model", lambda: fold_with_report(fresh, example_inputs=example,
+                                                                                 method=method))
+    def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    if again.folded != result.folded or shapes(again.model) != shapes(result.model):
+        why = {**dict(again.skipped), **dict(result.skipped)}  # each side's reason for a layer it left
+        differ = [f"{bn!r} ({why.get(bn, 'folded differently')})"
+                  for bn in sorted({bn for bn, _ in set(again.folded) ^ set(result.folded)})]
+        raise CLIError(f"the folded weights would not load into bnlab.tools.fold({factory}().eval()), because what "
+                       f"folds depends on these weights: {', '.join(differ) or 'the state_dict keys differ'}; fix "
+                       f"the weights (bnlab doctor, bnlab recalibrate) or fold in Python after loading them; "
+                       f"nothing written")
+    return recipe
 
 
 def _recalibrate(args: argparse.Namespace) -> int:

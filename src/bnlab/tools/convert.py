@@ -17,18 +17,12 @@ import copy
 import torch
 
 from bnlab.kernels import check_backend_name
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.frozen import FrozenBatchNormBase
-from bnlab.tools.freeze import FROZEN_OF, from_frozen, to_frozen
+from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, replace_modules
+from bnlab.tools.freeze import from_frozen, to_frozen
 
 __all__ = ["convert"]
 
-_TO_BNLAB: dict[type[torch.nn.Module], type[torch.nn.Module]] = {
-    torch.nn.BatchNorm1d: BatchNorm1d,
-    torch.nn.BatchNorm2d: BatchNorm2d,
-    torch.nn.BatchNorm3d: BatchNorm3d,
-}
-_TO_TORCH = {bnlab_cls: torch_cls for torch_cls, bnlab_cls in _TO_BNLAB.items()}
 TARGETS = ("bnlab", "torch", "frozen")
 
 
@@ -61,7 +55,7 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
     root = _replace_frozen(root, to, backend)
     if to == "frozen":
         return root
-    mapping = _TO_BNLAB if to == "bnlab" else _TO_TORCH
+    mapping = TORCH_TO_BNLAB if to == "bnlab" else BNLAB_TO_TORCH
     for module in root.modules():
         target = mapping.get(type(module))
         if target is not None:
@@ -71,7 +65,7 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             # torch's layers have no backend and no freeze switches (bnlab.tools.freeze): those are dropped.
             for attribute in ("backend", "normalize_with", "update_stats"):
                 module.__dict__.pop(attribute, None)
-        elif to == "bnlab" and type(module) in _TO_TORCH and (backend is not None or target is not None):
+        elif to == "bnlab" and type(module) in BNLAB_TO_TORCH and (backend is not None or target is not None):
             setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
     return root
 
@@ -85,18 +79,10 @@ def _replace_frozen(root: torch.nn.Module, to: str, backend: str | None) -> torc
             return from_frozen(module, to, backend=backend or "auto")
         return None
 
-    replaced = convert_one(root)
-    if replaced is not None:
-        return replaced
-    # Named, with duplicates, so a layer registered under two names is replaced under both (by one new module).
-    done: dict[int, torch.nn.Module] = {}
-    for name, module in list(root.named_modules(remove_duplicate=False)):
-        new = done.get(id(module))
-        if new is None:
-            new = convert_one(module)
-            if new is None:
-                continue
-            done[id(module)] = new
-        parent, _, child = name.rpartition(".")
-        setattr(root.get_submodule(parent) if parent else root, child, new)
-    return root
+    # Every name a layer is registered under gets the same new module (replace_modules).
+    replacements: dict[torch.nn.Module, torch.nn.Module] = {}
+    for module in root.modules():
+        new = convert_one(module)
+        if new is not None:
+            replacements[module] = new
+    return replace_modules(root, replacements)

@@ -26,21 +26,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
-from bnlab.tools._layers import select_layers
+from bnlab.nn.frozen import FrozenBatchNormBase
+from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, TRAINABLE_OF, select_layers
 
 __all__ = ["freeze", "from_frozen", "to_frozen"]
 
-_TORCH_TO_BNLAB: dict[type[nn.Module], type[_BatchNorm]] = {
-    nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d,
-}
-_BNLAB = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
-#: The trainable classes that have a frozen counterpart, and that counterpart.
-FROZEN_OF: dict[type[nn.Module], type[FrozenBatchNormBase]] = {
-    nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d, nn.BatchNorm3d: FrozenBatchNorm3d,
-    BatchNorm1d: FrozenBatchNorm1d, BatchNorm2d: FrozenBatchNorm2d, BatchNorm3d: FrozenBatchNorm3d,
-}
+_BNLAB = tuple(BNLAB_TO_TORCH)
 _NORMALIZE_WITH = ("batch", "running", None)
 
 
@@ -74,20 +65,20 @@ def freeze(model: nn.Module, layers: str | Sequence[str] | None = None, *, norma
     chosen = select_layers(root, layers)
     switching = normalize_with is not None or update_stats is not None
     for name, module in chosen:
-        if switching and not isinstance(module, _BNLAB) and type(module) not in _TORCH_TO_BNLAB:
+        if switching and not isinstance(module, _BNLAB) and type(module) not in TORCH_TO_BNLAB:
             raise ValueError(
                 f"layer {name or 'the model'!r} is a {type(module).__name__}, whose forward bnlab does not control; "
                 f"freeze can set only train_affine on it (pass normalize_with=None, update_stats=None), or leave "
                 f"it out with the layers argument"
             )
     for _, module in chosen:
-        if type(module) in _TORCH_TO_BNLAB:
+        if type(module) in TORCH_TO_BNLAB:
             # Same buffers and parameters, same outputs: only the forward (which honours the switches) changes.
-            module.__class__ = _TORCH_TO_BNLAB[type(module)]
+            module.__class__ = TORCH_TO_BNLAB[type(module)]
             setattr(module, "backend", "auto")  # noqa: B010 (mypy types Module attributes as tensors)
         if isinstance(module, _BNLAB):
-            module.normalize_with = normalize_with
-            module.update_stats = update_stats
+            setattr(module, "normalize_with", normalize_with)  # noqa: B010 (as above)
+            setattr(module, "update_stats", update_stats)  # noqa: B010
         if train_affine is not None:
             for p in (module.weight, module.bias):
                 if p is not None:
@@ -130,18 +121,16 @@ def to_frozen(module: nn.Module) -> FrozenBatchNormBase:
 def from_frozen(frozen: FrozenBatchNormBase, family: str = "torch", *, backend: str = "auto") -> _BatchNorm:
     """A trainable batch norm of ``family`` ("torch" or "bnlab") with every value of ``frozen``; γ and β become
     parameters again."""
-    index = {FrozenBatchNorm1d: 0, FrozenBatchNorm2d: 1, FrozenBatchNorm3d: 2}.get(type(frozen), -1)
-    if index < 0:
+    classes = TRAINABLE_OF.get(type(frozen))
+    if classes is None:
         raise TypeError(f"from_frozen converts FrozenBatchNorm1d/2d/3d, got {type(frozen).__name__}")
-    classes: dict[str, tuple[type[_BatchNorm], ...]] = {
-        "torch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), "bnlab": _BNLAB}
     if family not in classes:
         raise ValueError(f"family must be 'torch' or 'bnlab', got {family!r}")
     options: dict[str, Any] = {"backend": backend} if family == "bnlab" else {}
     if frozen.affine and frozen.bias is None:
         options["bias"] = False
     mean = frozen.running_mean
-    module = classes[family][index](frozen.num_features, frozen.eps, frozen.momentum, frozen.affine, True,
+    module = classes[family](frozen.num_features, frozen.eps, frozen.momentum, frozen.affine, True,
                                     device=mean.device, dtype=mean.dtype, **options)
     with torch.no_grad():
         for name in ("running_mean", "running_var", "num_batches_tracked", "weight", "bias"):

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.tools._batches import Forward, default_forward, take
-from bnlab.tools._layers import batch_norm_layers, is_uninitialized
+from bnlab.tools._layers import batch_norm_layers, has_running_stats, is_uninitialized, running_stats
 from bnlab.tools._population import PopulationAccumulator
 
 __all__ = ["MODES", "Recalibration", "recalibrate"]
@@ -84,8 +84,7 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
     if not isinstance(model, nn.Module):
         raise TypeError(f"recalibrate expects a torch.nn.Module, got {type(model).__name__}")
     layers: Layers = [(name, m) for name, m in batch_norm_layers(model)
-              if m.track_running_stats and m.running_mean is not None and m.running_var is not None
-              and not is_uninitialized(m)]
+              if m.track_running_stats and has_running_stats(m) and not is_uninitialized(m)]
     if not layers:
         raise ValueError("the model has no batch-norm layer with running statistics (track_running_stats=True) "
                          "to recalibrate")
@@ -138,14 +137,6 @@ class _Counter:
         return record
 
 
-def _running(module: _BatchNorm) -> tuple[Tensor, Tensor]:
-    """The running mean and variance buffers; recalibrate only takes layers that have them."""
-    mean, var = module.running_mean, module.running_var
-    if mean is None or var is None:
-        raise ValueError(f"{type(module).__name__} has no running statistics")
-    return mean, var
-
-
 class _Saved:
     """Everything recalibration changes on the way, to put back afterwards."""
 
@@ -155,7 +146,7 @@ class _Saved:
         self.momenta = [m.momentum for _, m in layers]
         self.switches = [(m.__dict__.get("normalize_with"), m.__dict__.get("update_stats")) for _, m in layers]
         self.stats: list[tuple[Tensor, Tensor, Tensor | None]] = [
-            (_running(m)[0].clone(), _running(m)[1].clone(),
+            (running_stats(m)[0].clone(), running_stats(m)[1].clone(),
              None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
             for _, m in layers]
 
@@ -163,7 +154,7 @@ class _Saved:
         module = self.layers[index][1]
         mean, var, count = self.stats[index]
         with torch.no_grad():
-            running_mean, running_var = _running(module)
+            running_mean, running_var = running_stats(module)
             running_mean.copy_(mean)
             running_var.copy_(var)
             if count is not None and module.num_batches_tracked is not None:
@@ -208,14 +199,14 @@ def _gather(layers: Layers, accumulators: dict[str, PopulationAccumulator],
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return totals
-    device = _running(layers[0][1])[0].device
+    device = running_stats(layers[0][1])[0].device
     parts = [torch.tensor(totals, dtype=torch.float64, device=device)]
     for name, module in layers:
         if mode == "cumulative":
             # Each process holds the plain mean of its own t batches; they combine weighted by t.
             acc = accumulators[name]
             counts = torch.tensor([acc.batches, acc.samples], dtype=torch.float64, device=device)
-            parts += [counts, *(t.double().to(device) for t in _running(module))]
+            parts += [counts, *(t.double().to(device) for t in running_stats(module))]
         else:
             parts.append(accumulators[name].packed(module.num_features, device))
     mine = torch.cat(parts)
@@ -239,14 +230,13 @@ def _gather(layers: Layers, accumulators: dict[str, PopulationAccumulator],
 
 
 def _merge_cumulative(acc: PopulationAccumulator, chunk: Tensor, channels: int) -> None:
-    # Weighted by batch count t: Σ t·mean / Σ t. The accumulator's 'paper' slot holds Σ t·var here.
+    # A process's cumulative averages over its t batches: combined weighted by t, Σ t·mean / Σ t (and var).
     t, samples = (round(v) for v in chunk[:2].tolist())
     acc.batches += t
     acc.samples += samples
     if t:
         mean, var = chunk[2:].reshape(2, channels).unbind(0)
-        zeros = torch.zeros_like(mean)
-        acc._merge(t, mean, zeros, t * var, zeros)
+        acc.merge_mean_var(t, mean, var)
 
 
 def _write(layers: Layers, accumulators: dict[str, PopulationAccumulator],
@@ -262,7 +252,7 @@ def _write(layers: Layers, accumulators: dict[str, PopulationAccumulator],
             if mode != "cumulative" or acc.mean is not None:
                 # The layer's own cumulative average stands unless processes were combined (acc.mean set).
                 mean, var = acc.result("paper" if mode == "cumulative" else mode)
-                running_mean, running_var = _running(module)
+                running_mean, running_var = running_stats(module)
                 running_mean.copy_(mean)
                 running_var.copy_(var)
             if module.num_batches_tracked is not None:

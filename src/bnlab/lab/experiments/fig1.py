@@ -11,18 +11,21 @@ last hidden layer. The claims are judged in :mod:`bnlab.lab.experiments.fig1_cla
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import bnlab
-from bnlab.data import DATASET_NAMES, load_dataset
+from bnlab.data import DATA_DIR_NAMES, DATASET_NAMES, load_dataset
 from bnlab.lab import engine
-from bnlab.lab.registry import Experiment, RunContext, register
+from bnlab.lab.registry import Experiment, Figure, RunContext, RunSetupError, register
 
-__all__ = ["MODELS", "PERCENTILES", "Fig1Config", "build_pair", "eval_steps", "prepare_pixels"]
+__all__ = ["MODELS", "PERCENTILES", "Fig1Config", "build_pair", "eval_steps", "prepare", "prepare_pixels"]
 
 MODELS = ("baseline", "bn")
 PERCENTILES = (15, 50, 85)
@@ -59,6 +62,8 @@ class Fig1Config:
             raise ValueError(f"batch_size must be at least 2 (batch norm needs two values), got {self.batch_size}")
         if not self.lr > 0 or not self.init_std > 0:
             raise ValueError(f"lr and init_std must be positive, got lr={self.lr}, init_std={self.init_std}")
+        if not (math.isfinite(self.lr) and math.isfinite(self.init_std)):
+            raise ValueError(f"lr and init_std must be finite, got lr={self.lr}, init_std={self.init_std}")
         if not 0 <= self.unit < self.hidden:
             raise ValueError(f"unit must be in 0..{self.hidden - 1}, got {self.unit}")
         if not 0 < self.bn_momentum <= 1:
@@ -121,20 +126,44 @@ def _round(values: Tensor) -> list[float]:
     return [round(v, 5) for v in values.tolist()]
 
 
-def _data(config: Fig1Config, ctx: RunContext) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-    key = f"fig1-data-{config.dataset}-{config.pixels}-{ctx.device}"
-    if key not in ctx.cache:
-        data = load_dataset(config.dataset, data_dir=ctx.data_dir)
+def _data(config: Fig1Config, device: torch.device, data_dir: str | None,
+          cache: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """(x_train, y_train, x_test, y_test, classes) on ``device``, pixels prepared; kept in ``cache`` for the seeds."""
+    key = f"fig1-data-{config.dataset}-{config.pixels}-{device}"
+    if key not in cache:
+        data = load_dataset(config.dataset, data_dir=data_dir)
         x_train, x_test = prepare_pixels(data.x_train, data.x_test, config.pixels)
-        ctx.cache[key] = (x_train.to(ctx.device), data.y_train.to(ctx.device), x_test.to(ctx.device),
-                          data.y_test.to(ctx.device), data.num_classes)
-    return ctx.cache[key]  # type: ignore[no-any-return]
+        cache[key] = (x_train.to(device), data.y_train.to(device), x_test.to(device), data.y_test.to(device),
+                      data.num_classes)
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def prepare(config: Fig1Config, device: torch.device, data_dir: str | None, cache: dict[str, Any]) -> None:
+    """Check, before a run folder is made, that the run can start, and load its data into ``cache``.
+
+    Raises:
+        RunSetupError: ``data_dir`` given for a data set that does not read one, a batch-norm backend that
+            cannot run on ``device``, or a data file that is corrupt.
+        FileNotFoundError: the data set is not installed (the message names the command that installs it).
+    """
+    if data_dir is not None and config.dataset not in DATA_DIR_NAMES:
+        raise RunSetupError(f"--data-dir is used only by {', '.join(DATA_DIR_NAMES)}, and this run's data set is "
+                            f"{config.dataset}, which ships inside a Python package; drop --data-dir, or add "
+                            f"--set dataset=fashion-mnist")
+    try:  # the layers run in float32 on the device; an explicit backend (or $BNLAB_BACKEND) must run there
+        bnlab.kernels.resolve(config.backend, device, torch.float32)
+    except (bnlab.kernels.BackendUnavailableError, ValueError) as err:
+        raise RunSetupError(str(err)) from None
+    try:
+        _data(config, device, data_dir, cache)
+    except ValueError as err:  # a corrupt or inconsistent file (a missing one is a FileNotFoundError)
+        raise RunSetupError(str(err)) from None
 
 
 def train(config: Fig1Config, ctx: RunContext, models: tuple[str, ...] = MODELS) -> None:
     """Train both networks (or those named in ``models``) for one seed from the same initial weights, logging one
     record per network and evaluation step, then an end record."""
-    data = _data(config, ctx)
+    data = _data(config, ctx.device, ctx.data_dir, ctx.cache)
     pair = build_pair(data[0].shape[1], data[4], config)
     for name in models:
         train_one(config, ctx, name, pair[name], data)
@@ -173,18 +202,30 @@ def train_one(config: Fig1Config, ctx: RunContext, name: str, model: torch.nn.Mo
              "seconds": round(result.seconds, 2)})
 
 
-def _register() -> None:
-    from bnlab.lab.experiments import fig1_claims, fig1_plots
+# The claims and the figures import this module; importing them only when called lets either be imported first.
+def _summarize(config: Fig1Config, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from bnlab.lab.experiments.fig1_claims import summarize
 
+    return summarize(config, records)
+
+
+def _plot(config: Fig1Config, records: list[dict[str, Any]], result: Mapping[str, Any], out_dir: Path) -> list[Figure]:
+    from bnlab.lab.experiments.fig1_plots import plot
+
+    return plot(config, records, result, out_dir)
+
+
+def _register() -> None:
     register(Experiment(
         name="fig1",
         summary="Figure 1: sigmoid MLP with and without BN (test accuracy, drift of the sigmoid inputs)",
         config_cls=Fig1Config,
         train=train,
-        summarize=fig1_claims.summarize,
-        plot=fig1_plots.plot,
+        summarize=_summarize,
+        plot=_plot,
         quick={"steps": 10_000, "eval_every": 250},
         smoke={"dataset": "synthetic", "steps": 60, "eval_every": 20, "hidden": 16},
+        prepare=prepare,
     ))
 
 

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.fig1 import PERCENTILES, Fig1Config
-from bnlab.lab.experiments.fig1_claims import curves, drift_window, unit_drift
+from bnlab.lab.experiments.fig1_claims import (
+    MIN_DRIFT_EVALUATIONS,
+    Curves,
+    curves,
+    drift_window,
+    judged_seeds,
+    unit_drift,
+)
 from bnlab.lab.plots import COLORS, LABELS, mean_band, new_figure, save
 from bnlab.lab.registry import Figure
 
@@ -25,59 +32,74 @@ _STYLE = {"baseline": "--", "bn": "-"}
 
 
 def plot(config: Fig1Config, records: list[dict[str, Any]], result: Mapping[str, Any], out_dir: Path) -> list[Figure]:
-    c = curves(records)
-    seeds = len(next(iter(c.values())).seeds) if c else 0
-    spread = f" Shaded: ± one standard deviation over {seeds} seeds." if seeds > 1 else ""
-    figures = [_panels(config, c, out_dir, spread)]
-    if {"baseline", "bn"} <= set(c):
+    """Draw the figures from the seeds the verdicts use (:func:`judged_seeds`); with none, what was measured."""
+    seeds = judged_seeds(config, records)
+    c = curves(records, seeds.judged or None)
+    n = len(seeds.judged)
+    notes = f" Shaded: ± one standard deviation over {n} seeds." if n > 1 else ""
+    if not seeds.judged:
+        notes += (" Incomplete run: no seed finished both networks, so the curves show what was measured and "
+                  "there is no drift figure.")
+    elif seeds.left_out:
+        notes += (f" Drawn from seed(s) {', '.join(map(str, seeds.judged))}, the ones the verdicts use; left out: "
+                  f"{seeds.describe()}.")
+    figures = [_panels(config, c, out_dir, notes)]
+    if seeds.judged and len(drift_window(c["baseline"])[0]) >= MIN_DRIFT_EVALUATIONS:
         figures.append(_drift(config, c, out_dir))
     return figures
 
 
-def _panels(config: Fig1Config, c: Mapping[str, Any], out_dir: Path, spread: str) -> Figure:
+def _panels(config: Fig1Config, c: Mapping[str, Curves], out_dir: Path, notes: str) -> Figure:
     fig, (ax_a, ax_b, ax_c) = new_figure(3)
+    trained = []
     for model, curve in c.items():
-        mean_band(ax_a, curve.steps, curve.accuracy, color=COLORS[model], linestyle=_STYLE[model],
-                  label=LABELS[model])
+        # Panel (a) starts after step 0: a line from the untrained network's chance accuracy would draw a
+        # vertical drop at the first evaluation.
+        after0 = curve.steps > 0
+        mean_band(ax_a, curve.steps[after0], curve.accuracy[:, after0], color=COLORS[model],
+                  linestyle=_STYLE[model], label=LABELS[model])
+        trained.append(curve.accuracy[:, after0].mean(axis=0))
     ax_a.set(title="(a) test accuracy", xlabel="training steps", ylabel="accuracy")
-    # Zoomed on the trained range, as in the paper (the differences that matter are a point or two); the
-    # untrained network's chance accuracy at step 0 falls below the axis.
-    trained = [np.nanmean(curve.accuracy, axis=0)[curve.steps > 0] for curve in c.values()]
-    if trained and all(t.size for t in trained):
-        lo, hi = min(float(np.nanmin(t)) for t in trained), max(float(np.nanmax(t)) for t in trained)
-        ax_a.set_ylim(max(0.0, lo - 0.02), min(1.0, hi + 0.01))
+    # Zoomed on the trained range, as in the paper (the differences that matter are a point or two).
+    values = np.concatenate(trained) if trained else np.array([])
+    values = values[np.isfinite(values)]
+    if values.size:
+        ax_a.set_ylim(max(0.0, float(values.min()) - 0.02), min(1.0, float(values.max()) + 0.01))
     ax_a.legend(loc="lower right")
     ax_a.grid(alpha=0.3)
     u = config.unit
     for ax, model, letter in ((ax_b, "baseline", "b"), (ax_c, "bn", "c")):
         ax.set(title=f"({letter}) {LABELS[model]}: input of sigmoid {u}", xlabel="training steps")
+        ax.grid(alpha=0.3)
         if model not in c:
+            ax.text(0.5, 0.5, "not measured (the run stopped before)", transform=ax.transAxes, ha="center",
+                    color="gray")
             continue
         curve = c[model]
         for k, p in enumerate(PERCENTILES):
             mean_band(ax, curve.steps, curve.percentiles[:, k, :, u], color=COLORS[model],
                       linewidth=2.0 if p == 50 else 1.0, label=f"{p}th percentile")
-        ax.grid(alpha=0.3)
     ax_b.set_ylabel("sigmoid input (over the test set)")
     ax_c.sharey(ax_b)
-    ax_b.legend(loc="best", fontsize="small")
+    if ax_b.lines:
+        ax_b.legend(loc="best", fontsize="small")
     save(fig, out_dir, "fig1")
     return Figure("fig1", f"Figure 1 on {config.dataset}: (a) test accuracy of the network without BN (dashed) and "
-                          f"with BN (solid), zoomed on the evaluations after step 0; (b, c) the 15th, 50th and 85th "
-                          f"percentiles over the test set of the input of sigmoid {u} in the last hidden layer, on one "
-                          f"shared scale. At step 0 the BN network's running statistics are still their initial "
-                          f"values (mean 0, variance 1), so in eval mode it computes exactly the baseline's "
-                          f"function.{spread}")
+                          f"with BN (solid) at the evaluations after step 0, zoomed on their range; (b, c) the 15th, "
+                          f"50th and 85th percentiles over the test set of the input of sigmoid {u} in the last "
+                          f"hidden layer, on one shared scale. At step 0 the BN network's running statistics are "
+                          f"still their initial values (mean 0, variance 1), so in eval mode it computes exactly the "
+                          f"baseline's function.{notes}")
 
 
-def _drift(config: Fig1Config, c: Mapping[str, Any], out_dir: Path) -> Figure:
+def _drift(config: Fig1Config, c: Mapping[str, Curves], out_dir: Path) -> Figure:
     fig, (ax_t, ax_u) = new_figure(2, width=4.8)
     final: dict[str, np.ndarray] = {}
     for model in ("baseline", "bn"):
         steps, pct = drift_window(c[model])  # (T,), (S, 3, T, H)
         so_far = np.fmax.accumulate(pct, axis=2) - np.fmin.accumulate(pct, axis=2)
         per_unit = so_far.mean(axis=1).mean(axis=0)  # (T, H): mean over percentiles, then seeds
-        q25, q50, q75 = np.nanpercentile(per_unit, [25, 50, 75], axis=1)
+        q25, q50, q75 = np.percentile(per_unit, [25, 50, 75], axis=1)
         ax_t.plot(steps, q50, color=COLORS[model], linestyle=_STYLE[model], label=LABELS[model])
         ax_t.fill_between(steps, q25, q75, color=COLORS[model], alpha=0.2, linewidth=0)
         final[model] = unit_drift(pct).mean(axis=0)
@@ -87,7 +109,7 @@ def _drift(config: Fig1Config, c: Mapping[str, Any], out_dir: Path) -> Figure:
     ax_t.grid(alpha=0.3)
     x, y = final["baseline"], final["bn"]
     ax_u.scatter(x, y, s=12, color=COLORS["bn"], alpha=0.7)
-    hi = float(max(np.nanmax(x), np.nanmax(y))) * 1.05
+    hi = float(max(x.max(), y.max())) * 1.05 or 1.0  # no drift at all still needs a non-empty scale
     ax_u.plot([0, hi], [0, hi], color="gray", linewidth=1, linestyle=":", label="equal drift")
     ax_u.set(title=f"final drift per unit ({len(x)} units)", xlabel="drift without BN", ylabel="drift with BN",
              xlim=(0, hi), ylim=(0, hi))

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bnlab.tools._layers import NormLayer, batch_norm_layers
+from bnlab.tools._layers import NormLayer, batch_norm_layers, has_running_stats, running_stats
 from bnlab.tools.diagnosis.observe import LayerObservation
 from bnlab.tools.diagnosis.report import Evidence, Finding
 
@@ -36,10 +36,11 @@ FEW_VALUES_WARNING, FEW_VALUES_ERROR = 32, 4
 KERAS_MOMENTUM = 0.9
 
 
-def _running(module: NormLayer) -> tuple[Tensor, Tensor] | None:
-    mean, var = module.running_mean, module.running_var
-    if mean is None or var is None:
+def _running64(module: NormLayer) -> tuple[Tensor, Tensor] | None:
+    """The running statistics in float64, or None for a layer without them."""
+    if not has_running_stats(module):
         return None
+    mean, var = running_stats(module)
     return mean.detach().double(), var.detach().double()
 
 
@@ -64,7 +65,7 @@ def training_mode(model: nn.Module) -> list[Finding]:
 
 def statistics_health(obs: LayerObservation) -> list[Finding]:
     """Running statistics that are not finite, or that no training batch ever updated."""
-    stats = _running(obs.module)
+    stats = _running64(obs.module)
     if stats is None:
         return []
     mean, var = stats
@@ -110,7 +111,7 @@ def statistics_mismatch(obs: LayerObservation) -> list[Finding]:
     where z is the correctly normalized input, a = √((Var[x] + ε)/(σ²_r + ε)) and d = (E[x] − μ_r)/√(σ²_r + ε).
     Its RMS error against z is √((a − 1)² + d²), in units of the output's standard deviation.
     """
-    stats = _running(obs.module)
+    stats = _running64(obs.module)
     if stats is None or obs.inputs.batches == 0 or obs.inputs.values < 2:
         return []
     mean_r, var_r = stats
@@ -145,17 +146,26 @@ def statistics_mismatch(obs: LayerObservation) -> list[Finding]:
 
 
 def few_values(obs: LayerObservation) -> list[Finding]:
-    """Too few values per channel in a batch for reliable batch statistics."""
-    m = obs.inputs.smallest_batch
+    """Too few values per channel in a typical batch for reliable batch statistics.
+
+    Judged on the typical batch (the most common size), so that the short last batch of a data set does not
+    count; batches of one value per channel (legal at inference, no variance at all) are counted in the evidence.
+    """
+    m = obs.inputs.typical_batch
     if m is None or m >= FEW_VALUES_WARNING:
         return []
     severity = "error" if m <= FEW_VALUES_ERROR else "warning"
+    evidence: Evidence = {"values_per_channel": m, "relative_std_error_of_mean": 1 / math.sqrt(m)}
+    ones = obs.inputs.sizes[1]
+    if ones:
+        evidence["batches_with_one_value"] = ones
+    noisy = ("there is no batch variance at all (training would fail: a variance needs two values)" if m == 1 else
+             f"batch statistics are noisy (the standard error of μ_B is {1 / math.sqrt(m):.0%} of σ)")
     return [Finding(
         "few_values_per_channel", severity, obs.name,
-        f"a batch gives this layer only {m} values per channel: batch statistics are noisy (the standard error of "
-        f"μ_B is {1 / math.sqrt(m):.0%} of σ), so training normalizes with noisy statistics and the running "
-        f"averages are noisy too",
-        {"values_per_channel": m, "relative_std_error_of_mean": 1 / math.sqrt(m)},
+        f"a typical batch gives this layer only {m} value(s) per channel: {noisy}, so training normalizes with "
+        f"noisy statistics and the running averages are noisy too",
+        evidence,
         "train with larger batches (if these batches are like the training batches), or use GroupNorm/LayerNorm, "
         "or keep the statistics fixed while fine-tuning (bnlab.tools.freeze or bnlab.convert(model, to='frozen'))",
     )]

@@ -47,7 +47,7 @@ def doctor(model: nn.Module, batches: Iterable[Any], *, labels: Tensor | Sequenc
 
     findings: list[Finding] = checks.training_mode(model)
     patient = copy.deepcopy(model).eval()
-    observations = observe(patient, held, run)
+    observations, samples = observe(patient, held, run)
     layers = norm_layers(patient)
     dropout_ratios = _variance_shift(patient, held, run, [n for n, o in observations.items() if o.dropouts_upstream])
     for name, module in layers:
@@ -65,13 +65,18 @@ def doctor(model: nn.Module, batches: Iterable[Any], *, labels: Tensor | Sequenc
     unreached = [name or "(model)" for name, _ in layers if observations[name].inputs.batches == 0]
     if unreached:
         notes.append(f"not reached by any batch, so not checked against data: {', '.join(unreached)}")
+    for name, obs in observations.items():
+        ones, typical = obs.inputs.sizes[1], obs.inputs.typical_batch
+        if ones and typical is not None and typical >= checks.FEW_VALUES_WARNING:
+            # A stray single-sample batch (a data set's last) is no finding, but its omission is said.
+            notes.append(f"{ones} batch(es) gave layer {name or '(model)'!r} one value per channel, which has no "
+                         f"variance: left out of its statistics")
     effect = None
     if per_batch is not None and layers:
         effect, effect_notes = measure(model, held, per_batch, run)
         notes += effect_notes
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
-    samples = max((o.inputs.samples for o in observations.values() if o.max_calls_per_forward <= 1), default=0)
     return Report(type(model).__name__, len(layers), len(held), samples, tuple(findings), effect, tuple(notes))
 
 

@@ -3,7 +3,7 @@
 One pass over the batches in eval mode, with hooks:
 
 - a forward pre-hook on every batch-norm layer gathers the population statistics of its input (pooled, float64,
-  :mod:`bnlab.tools._population`), the smallest batch it saw and how often it is called per forward;
+  :mod:`bnlab.tools._population`), the sizes of the batches it saw and how often it is called per forward;
 - forward hooks on every leaf module record which module produced each tensor, and which dropout layers lie
   upstream of it (a batch norm clears that: it is where the variance shift shows). So a batch norm learns
   whether its input came straight from a conv/linear with a bias, or from downstream of a dropout.
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
+from bnlab.reference.algorithm1 import values_per_channel
 from bnlab.tools._batches import Forward
 from bnlab.tools._layers import NormLayer, norm_layers
 from bnlab.tools._population import PopulationAccumulator
@@ -51,13 +52,19 @@ def _is_dropout(module: nn.Module) -> bool:
     return isinstance(module, _DropoutNd) and module.p > 0
 
 
-def observe(model: nn.Module, batches: list[Any], forward: Forward) -> dict[str, LayerObservation]:
-    """Run ``batches`` through ``model`` (a copy in eval mode, owned by the doctor) and watch every BN layer."""
+def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dict[str, LayerObservation], int]:
+    """Run ``batches`` through ``model`` (a copy in eval mode, owned by the doctor) and watch every BN layer.
+
+    Returns the observations by layer name and the samples the batches held (the N of the first batch-norm
+    input of each forward, so that a layer called twice does not count them twice).
+    """
     layers = norm_layers(model)
     observations = {name: LayerObservation(name, module) for name, module in layers}
     by_module = {id(module): observations[name] for name, module in layers}
     origins: dict[int, _Origin] = {}
     calls: dict[str, int] = {}
+    first_size: list[int | None] = [None]  # N of the first batch-norm input in this forward: the batch's samples
+    samples = 0
 
     def upstream_dropouts(args: tuple[Any, ...]) -> dict[str, float]:
         found: dict[str, float] = {}
@@ -73,7 +80,9 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> dict[str,
             return
         x = args[0]
         calls[obs.name] = calls.get(obs.name, 0) + 1
-        obs.inputs.add(x, obs.name)
+        if first_size[0] is None:
+            first_size[0] = x.shape[0]
+        gather(obs.inputs, x, obs.name)
         origin = origins.get(id(x))
         if origin is None:
             return
@@ -103,14 +112,25 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> dict[str,
             for batch in batches:
                 origins.clear()
                 calls.clear()
+                first_size[0] = None
                 forward(model, batch)
+                samples += first_size[0] or 0
                 for name, count in calls.items():
                     observations[name].max_calls_per_forward = max(observations[name].max_calls_per_forward, count)
     finally:
         for h in handles:
             h.remove()
         origins.clear()
-    return observations
+    return observations, samples
+
+
+def gather(accumulator: PopulationAccumulator, x: Tensor, layer: str) -> None:
+    """Add one batch-norm input to the layer's statistics; one value per channel (a single sample, legal at
+    inference) has no variance, so that batch is only counted (few_values_per_channel reports it)."""
+    if values_per_channel(x) >= 2:
+        accumulator.add(x, layer)
+    else:
+        accumulator.count(x)
 
 
 def input_variances(model: nn.Module, batches: list[Any], forward: Forward,
@@ -122,7 +142,7 @@ def input_variances(model: nn.Module, batches: list[Any], forward: Forward,
     def hook(name: str) -> Any:
         def record(module: nn.Module, args: tuple[Any, ...]) -> None:
             if args and isinstance(args[0], Tensor):
-                accumulators[name].add(args[0], name)
+                gather(accumulators[name], args[0], name)
         return record
 
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in names]
@@ -133,4 +153,4 @@ def input_variances(model: nn.Module, batches: list[Any], forward: Forward,
     finally:
         for h in handles:
             h.remove()
-    return {name: acc.result()[1] for name, acc in accumulators.items() if acc.batches}
+    return {name: acc.result()[1] for name, acc in accumulators.items() if acc.values >= 2}

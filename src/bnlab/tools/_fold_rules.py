@@ -1,0 +1,92 @@
+"""Which batch norm folds into which neighbour: the rules both ways of finding pairs (torch.fx, nn.Sequential) share.
+
+Each rule answers with the folded layer, or with the reason the pair stays as it is (for the report).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bnlab.tools._fold_math import CONV, WEIGHT_LAYERS, WeightLayer, fold_after, fold_before
+from bnlab.tools._layers import NormLayer, has_running_stats, input_ranks, running_stats
+
+#: id(batch-norm module) → the ranks of the inputs it saw on the example inputs (empty without examples).
+Ranks = dict[int, set[int]]
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def foldable_bn(bn: nn.Module) -> str | None:
+    """None if ``bn`` is a fixed map at inference that may be folded away, else why it is not."""
+    if not isinstance(bn, NormLayer):
+        return "not a batch-norm layer"
+    if not has_running_stats(bn):
+        return "it has no running statistics (track_running_stats=False), so it normalizes with batch statistics"
+    if getattr(bn, "normalize_with", None) == "batch" or getattr(bn, "update_stats", None):
+        return "bnlab.tools.freeze set it to use or update batch statistics at inference"
+    mean, var = running_stats(bn)
+    if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+        return "its running statistics are not finite"
+    if _hooked(bn):
+        return "it has forward hooks, which would no longer run once it is folded away"
+    return None
+
+
+def _layer_obstacle(layer: WeightLayer) -> str | None:
+    """Why ``layer`` cannot be replaced by a folded copy, whatever the batch norm."""
+    if parametrize.is_parametrized(layer):
+        holder = layer.get_submodule("parametrizations")  # parametrize keeps one entry per parametrized tensor
+        names = sorted(name for name, _ in holder.named_children())
+        return (f"its {', '.join(names)} is parametrized (weight_norm, spectral_norm, ...) and computed at every "
+                f"call; fold after torch.nn.utils.parametrize.remove_parametrizations(layer, {names[0]!r})")
+    if _hooked(layer):
+        return "it has forward hooks, which would see the folded values"
+    return None
+
+
+def _spatial_match(layer: WeightLayer, bn: NormLayer, seen: set[int] | None) -> bool:
+    """Whether the layer's channel dimension is the one the batch norm normalizes (dimension 1)."""
+    expected = 2 if isinstance(layer, nn.Linear) else 2 + len(layer.kernel_size)
+    declared = input_ranks(bn)
+    if declared and expected not in declared:
+        return False
+    if seen is not None:
+        return seen == {expected}
+    # A Linear acts on the last dimension and batch norm on dimension 1: they agree on 2-D input only, which is
+    # assumed for BatchNorm1d (an MLP) unless example inputs say otherwise. Conv outputs have channels at 1.
+    return not isinstance(layer, nn.Linear) or declared == (2, 3)
+
+
+def folded_after(layer: nn.Module, bn: nn.Module, ranks: Ranks) -> WeightLayer | str | None:
+    """``layer`` with the following ``bn`` folded in; why not; or None if they are not a layer and a batch norm."""
+    if not isinstance(layer, WEIGHT_LAYERS) or not isinstance(bn, NormLayer):
+        return None
+    reason = foldable_bn(bn) or _layer_obstacle(layer)
+    if reason is not None:
+        return reason
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if out != bn.num_features or not _spatial_match(layer, bn, ranks.get(id(bn))):
+        return "it does not normalize the layer's output channels"
+    return fold_after(layer, bn)
+
+
+def folded_before(bn: nn.Module, layer: nn.Module, ranks: Ranks) -> WeightLayer | str | None:
+    """``layer`` with the preceding ``bn`` folded in; why not; or None if they are not a batch norm and a layer."""
+    if not isinstance(bn, NormLayer) or not isinstance(layer, WEIGHT_LAYERS):
+        return None
+    if not isinstance(layer, (nn.Linear, *CONV)):
+        return ("a transposed conv after it cannot take it: the shift β − γE[x]/√(Var[x] + ε) would reach its "
+                "output unevenly near the borders")
+    reason = foldable_bn(bn) or _layer_obstacle(layer)
+    if reason is not None:
+        return reason
+    if isinstance(layer, CONV) and not (layer.padding == "valid" or all(p == 0 for p in layer.padding)):
+        return "the conv after it pads its input, and folding would shift the padding by β − γE[x]/√(Var[x] + ε)"
+    channels = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    if channels != bn.num_features or not _spatial_match(layer, bn, ranks.get(id(bn))):
+        return "the layer after it does not take its channels as input features"
+    return fold_before(bn, layer)
