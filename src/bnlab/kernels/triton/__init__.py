@@ -17,7 +17,6 @@ import functools
 import importlib.util
 import math
 import os
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import torch
@@ -258,7 +257,7 @@ class TritonBackend(Backend, FusedBackend):
         return y
 
 
-def _launching_on(device: torch.device) -> AbstractContextManager[object]:
+def _launching_on(device: torch.device) -> contextlib.AbstractContextManager[object]:
     # Triton launches on the current CUDA device, which need not be the input's (x on cuda:1 while cuda:0 is
     # current); on the CPU (the interpreter) there is nothing to switch.
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
