@@ -7,6 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from bnlab.kernels.base import TrainForward
+from bnlab.kernels.fused import FusedBackend, FusedBackward
+
 # (shape, layout): layout is "contiguous", "channels_last" or "strided" (a non-contiguous view).
 SHAPES = [
     pytest.param((2, 3), "contiguous", id="N2-C3"),  # smallest legal training batch
@@ -54,3 +57,15 @@ def module_class(dim: int, family: str = "bnlab") -> type[torch.nn.Module]:
 
     ns = bnlab if family == "bnlab" else torch.nn
     return {2: ns.BatchNorm1d, 3: ns.BatchNorm1d, 4: ns.BatchNorm2d, 5: ns.BatchNorm3d}[dim]
+
+
+def run_fused(impl: FusedBackend, x: torch.Tensor, r: torch.Tensor | None, w: torch.Tensor | None,
+              b: torch.Tensor | None, g: torch.Tensor, activation: str,
+              save: str) -> tuple[TrainForward, FusedBackward]:
+    """One training step of a fused backend: forward (eps 1e-5, slope 0.1), then the backward from ∂ℓ/∂y = g, saving
+    x (save="input") or y (save="output"); ∂ℓ/∂r is asked for when there is a residual r."""
+    out = impl.fused_forward_train(x, r, w, b, 1e-5, activation, 0.1)
+    saved = out.y if save == "output" else x
+    grads = impl.fused_backward(g, saved, r, w, b, out.mean, out.invstd, activation, 0.1, save == "output",
+                                r is not None)
+    return out, grads

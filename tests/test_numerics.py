@@ -15,6 +15,8 @@ HARD_INPUTS = [
     pytest.param(1e4, 1.0, (64, 8, 16, 16), id="1e4+N(0,1)"),
     pytest.param(1e6, 1e-2, (64, 8, 16, 16), id="1e6+N(0,1e-2)"),
     pytest.param(1e4, 1.0, (4096, 16), id="1d-1e4+N(0,1)"),
+    # M = 15555 is a multiple of no tile size: a backend's last tile (or vector) is partly masked.
+    pytest.param(1e4, 1.0, (61, 8, 15, 17), id="ragged-1e4+N(0,1)"),
 ]
 
 

@@ -9,7 +9,7 @@ import torch
 from bnlab.fused import fused_impl
 from bnlab.kernels import available_backends
 from bnlab.kernels.fused import ACTIVATIONS, REFERENCE_FUSED, activate
-from cases import make_input
+from cases import make_input, run_fused
 from tolerances import FLOOR, max_error
 
 FUSED_CASES = [
@@ -53,19 +53,11 @@ def _inputs(shape, layout, residual, dtype=torch.float32):
     return x, r, w, b, make_input(shape, "contiguous", dtype)
 
 
-def _run(impl, x, r, w, b, g, activation, save):
-    out = impl.fused_forward_train(x, r, w, b, 1e-5, activation, 0.1)
-    saved = out.y if save == "output" else x
-    grads = impl.fused_backward(g, saved, r, w, b, out.mean, out.invstd, activation, 0.1, save == "output",
-                                r is not None)
-    return out, grads
-
-
 @pytest.mark.parametrize(("shape", "layout"), FUSED_CASES)
 @pytest.mark.parametrize(("activation", "save", "residual"), MODES)
 def test_reference_backward_matches_autograd(shape, layout, activation, save, residual) -> None:
     x, r, w, b, g = _inputs(shape, layout, residual, torch.float64)
-    out, grads = _run(REFERENCE_FUSED, x, r, w, b, g, activation, save)
+    out, grads = run_fused(REFERENCE_FUSED, x, r, w, b, g, activation, save)
     y, dx, dr, dw, db = autograd_reference(x, r, w, b, g, activation)
     for what, ours, exact in (("y", out.y, y), ("dx", grads.dx, dx), ("dw", grads.dweight, dw),
                               ("db", grads.dbias, db), ("dr", grads.dresidual, dr)):
@@ -82,11 +74,11 @@ def test_reference_backward_matches_autograd(shape, layout, activation, save, re
 def test_fused_backend_matches_reference(name, dtype, shape, layout, activation, save, residual) -> None:
     x, r, w, b, g = _inputs(shape, layout, residual, dtype)
     impl = fused_impl(name)
-    out, grads = _run(impl, x, r, w, b, g, activation, save)
+    out, grads = run_fused(impl, x, r, w, b, g, activation, save)
     y, dx, dr, dw, db = autograd_reference(x, r, w, b, g, activation)
     assert out.y.dtype == dtype and out.y.stride() == x.stride(), "dtype and memory format are kept"
     # Low precision: compare to what the float64 math gives from the rounded forward (the reference at dtype).
-    ref_out, ref_grads = _run(REFERENCE_FUSED, x, r, w, b, g, activation, save)
+    ref_out, ref_grads = run_fused(REFERENCE_FUSED, x, r, w, b, g, activation, save)
     for what, ours, at_dtype, exact in (("y", out.y, ref_out.y, y), ("dx", grads.dx, ref_grads.dx, dx),
                                         ("dw", grads.dweight, ref_grads.dweight, dw),
                                         ("db", grads.dbias, ref_grads.dbias, db),
@@ -101,8 +93,8 @@ def test_fused_backend_matches_reference(name, dtype, shape, layout, activation,
 @pytest.mark.parametrize("name", FUSED_BACKENDS)
 def test_fused_backend_is_deterministic(name) -> None:
     x, r, w, b, g = _inputs((8, 16, 20, 20), "channels_last", True)
-    first = _run(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
-    second = _run(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
+    first = run_fused(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
+    second = run_fused(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
     for a, c in zip([*first[0], *first[1]], [*second[0], *second[1]], strict=True):
         assert torch.equal(a, c)
 

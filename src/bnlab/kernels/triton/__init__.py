@@ -12,6 +12,7 @@ several programs whose partial results are merged in a fixed order, so two runs 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -26,7 +27,8 @@ from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackend, FusedBackward
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ONE_PASS_MAX = 8192  # values per program (BLOCK_C × BLOCK_M) that still fit in registers for the one-pass path
-_TILE = 4096  # values per program tile in the split path
+_TILE = 4096  # values per program tile in the split path and the elementwise passes
+_GRID_AXIS1_MAX = 65_535  # CUDA's limit on grid axes 1 and 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,13 +49,33 @@ def _next_pow2(n: int) -> int:
 
 
 class Plan(NamedTuple):
-    """How a (C, M, layout) problem is launched."""
+    """How a (C, M, layout) problem is launched: tile sizes and the three grids its kernels take.
 
-    block_c: int
-    block_m: int
+    The M tiles of the elementwise passes go on grid axis 0, where CUDA allows 2³¹ − 1 programs (a channels_last
+    512×64×112×112 batch has 100,352 of them); axis 1 allows only 65,535, which :func:`plan` keeps the channel
+    blocks under (and the splits, on axis 1 of the statistics passes, number at most ``programs_wanted``).
+    """
+
+    block_c: int  # channels per program
+    block_m: int  # M values per tile of the statistics passes (all of M, rounded up, on the one-pass path)
     one_pass: bool
-    splits: int
+    splits: int  # programs along M in the split statistics passes
     m_per_split: int
+    c_blocks: int
+    tile_m: int  # M values per program of the elementwise passes (_normalize, _grad_input)
+    m_tiles: int
+
+    @property
+    def channel_grid(self) -> tuple[int]:
+        return (self.c_blocks,)
+
+    @property
+    def split_grid(self) -> tuple[int, int]:
+        return (self.c_blocks, self.splits)
+
+    @property
+    def tile_grid(self) -> tuple[int, int]:
+        return (self.m_tiles, self.c_blocks)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -64,43 +86,61 @@ def plan(C: int, M: int, channels_contiguous: bool, programs_wanted: int) -> Pla
     coalesced along C; otherwise (NCHW) a tile is a few channels × a long run of M.
     """
     block_c = min(_next_pow2(C), 64) if channels_contiguous else min(_next_pow2(C), 4 if M >= 1024 else 16)
-    if block_c * _next_pow2(M) <= _ONE_PASS_MAX:
-        return Plan(block_c, _next_pow2(M), True, 1, M)
-    block_m = max(16, _TILE // block_c)
+    # Wider channel blocks where C would need more than grid axis 1 takes (NCHW with C > 262,140).
+    block_c = max(block_c, _next_pow2(math.ceil(C / _GRID_AXIS1_MAX)))
     c_blocks = math.ceil(C / block_c)
+    tile_m = min(_next_pow2(M), max(16, _TILE // block_c))
+    tiles = (c_blocks, tile_m, math.ceil(M / tile_m))
+    if block_c * _next_pow2(M) <= _ONE_PASS_MAX:
+        return Plan(block_c, _next_pow2(M), True, 1, M, *tiles)
+    block_m = max(16, _TILE // block_c)
     # Enough (channel block, split) programs to fill the machine, each with at least a few tiles of work.
     splits = max(1, min(math.ceil(M / (4 * block_m)), math.ceil(programs_wanted / c_blocks)))
     m_per_split = math.ceil(math.ceil(M / splits) / block_m) * block_m
-    return Plan(block_c, block_m, False, math.ceil(M / m_per_split), m_per_split)
+    return Plan(block_c, block_m, False, math.ceil(M / m_per_split), m_per_split, *tiles)
+
+
+_INTERPRETER_PROGRAMS = 4
+
+
+def _programs_wanted(device: torch.device) -> int:
+    """How many programs a split pass should launch: enough to fill the GPU, few under the interpreter.
+
+    The interpreter runs each program as a Python loop whatever the machine, so its count ignores any GPU present.
+    """
+    if device.type != "cuda" or _interpreting():
+        return _INTERPRETER_PROGRAMS
+    return _gpu_programs(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.lru_cache(maxsize=16)
-def _programs_wanted(device_index: int) -> int:
-    if not torch.cuda.is_available():
-        return 4  # the interpreter: few programs, each one a Python loop
+def _gpu_programs(device_index: int) -> int:
     return 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 class _View:
-    """A tensor as (N, C, S) with strides (sN, sC, sS), in the memory format the outputs will have."""
+    """A problem seen as (N, C, S), every tensor of it dense in the memory format the outputs will have.
+
+    ``strides`` (sN, sC, sS) are those of that format, (C·S, S, 1) or (S·C, 1, C), the same for x, the residual,
+    ∂ℓ/∂y and the outputs once arranged (:meth:`arrange`). They are derived, never read off a tensor: ``is_contiguous``
+    ignores the strides of size-1 dimensions, so a tensor that needs no copy may still report any stride there
+    (``randn(4, 3, 1, 5).transpose(2, 3)`` has stride 5 on its last dimension), and the kernels must not use it.
+    """
 
     def __init__(self, x: Tensor) -> None:
         self.fmt = memory_format_of(x)
         self.N, self.C = x.shape[0], x.shape[1]
         self.S = math.prod(x.shape[2:])
         self.M = self.N * self.S
+        channels_last = self.fmt != torch.contiguous_format
+        self.strides = (self.S * self.C, 1, self.C) if channels_last else (self.C * self.S, self.S, 1)
 
     def arrange(self, t: Tensor) -> Tensor:
         return t.contiguous(memory_format=self.fmt)
 
-    def strides(self, t: Tensor) -> tuple[int, int, int]:
-        # The flat spatial index s walks the last dimension fastest: stride 1 (NCHW) or C (channels_last).
-        return t.stride(0), t.stride(1), (t.stride(-1) if t.dim() > 2 else 1)
-
-    def plan(self, t: Tensor) -> Plan:
-        channels_contiguous = t.stride(1) == 1
-        device_index = t.device.index if t.device.type == "cuda" and t.device.index is not None else 0
-        return plan(self.C, self.M, channels_contiguous, _programs_wanted(device_index))
+    def plan(self, device: torch.device) -> Plan:
+        channels_contiguous = self.strides[1] == 1  # channels_last, or no spatial dimensions (S = 1)
+        return plan(self.C, self.M, channels_contiguous, _programs_wanted(device))
 
 
 class TritonBackend(Backend, FusedBackend):
@@ -145,24 +185,23 @@ class TritonBackend(Backend, FusedBackend):
         y = torch.empty_like(x, memory_format=view.fmt)
         # Separate tensors: outputs of a custom op may not alias one another.
         mean, invstd, var = (torch.empty(view.C, dtype=torch.float32, device=x.device) for _ in range(3))
-        p = view.plan(x)
-        c_blocks = math.ceil(view.C / p.block_c)
+        p = view.plan(x.device)
         flags = _flags(activation, res, weight, bias)
         w, b = _param(weight, x), _param(bias, x)
-        common = (view.C, view.S, view.M, *view.strides(x))
-        if p.one_pass:
-            k._forward_one_pass[(c_blocks,)](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
-                                            negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-            return TrainForward(y, mean, invstd, var)
-        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=x.device)
-        counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
-        k._stats_partial[(c_blocks, p.splits)](x, counts, partial[0], partial[1], *common, p.m_per_split,
-                                               BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-        k._stats_merge[(c_blocks,)](x, counts, partial[0], partial[1], mean, invstd, var, view.C, x.stride(1),
-                                    p.splits, eps, BLOCK_C=p.block_c)
-        k._normalize[(c_blocks, math.ceil(view.M / p.block_m))](
-            x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
-            BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        common = (view.C, view.S, view.M, *view.strides)
+        with _launching_on(x.device):
+            if p.one_pass:
+                k._forward_one_pass[p.channel_grid](x, _or(res, x), y, w, b, mean, invstd, var, *common, eps,
+                                                    negative_slope, **flags, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+                return TrainForward(y, mean, invstd, var)
+            partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=x.device)
+            counts = torch.empty(p.splits, dtype=torch.float32, device=x.device)
+            k._stats_partial[p.split_grid](x, counts, partial[0], partial[1], *common, p.m_per_split,
+                                           BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            k._stats_merge[p.channel_grid](x, counts, partial[0], partial[1], mean, invstd, var, view.C,
+                                           view.strides[1], p.splits, eps, BLOCK_C=p.block_c)
+            k._normalize[p.tile_grid](x, _or(res, x), y, w, b, mean, invstd, *common, negative_slope, **flags,
+                                      BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return TrainForward(y, mean, invstd, var)
 
     def fused_backward(self, grad_y: Tensor, saved: Tensor, residual: Tensor | None, weight: Tensor | None,
@@ -176,25 +215,27 @@ class TritonBackend(Backend, FusedBackend):
         dx = torch.empty_like(saved, memory_format=view.fmt)
         dres = torch.empty_like(saved, memory_format=view.fmt) if need_dresidual else None
         dweight, dbias = (torch.empty(view.C, dtype=torch.float32, device=saved.device) for _ in range(2))
-        p = view.plan(saved)
-        c_blocks = math.ceil(view.C / p.block_c)
+        p = view.plan(saved.device)
         flags = {**_flags(activation, res, weight, bias), "FROM_OUTPUT": from_output}
         w, b = _param(weight, saved), _param(bias, saved)
         mean, invstd = mean.contiguous(), invstd.contiguous()
-        common = (view.C, view.S, view.M, *view.strides(saved))
-        if p.one_pass:
-            k._backward_one_pass[(c_blocks,)](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd,
-                                             dweight, dbias, *common, negative_slope, **flags,
-                                             WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-            return FusedBackward(dx, dres, dweight, dbias)
-        partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=saved.device)
-        k._grad_partial[(c_blocks, p.splits)](grad_y, saved, _or(res, saved), w, b, mean, invstd, partial[0],
-                                              partial[1], *common, negative_slope, p.m_per_split, **flags,
-                                              BLOCK_C=p.block_c, BLOCK_M=p.block_m)
-        k._grad_merge[(c_blocks,)](partial[0], partial[1], dweight, dbias, view.C, p.splits, BLOCK_C=p.block_c)
-        k._grad_input[(c_blocks, math.ceil(view.M / p.block_m))](
-            grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd, dweight, dbias, *common,
-            negative_slope, **flags, WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+        common = (view.C, view.S, view.M, *view.strides)
+        with _launching_on(saved.device):
+            if p.one_pass:
+                k._backward_one_pass[p.channel_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean,
+                                                     invstd, dweight, dbias, *common, negative_slope, **flags,
+                                                     WRITE_DRES=dres is not None, BLOCK_C=p.block_c,
+                                                     BLOCK_M=p.block_m)
+                return FusedBackward(dx, dres, dweight, dbias)
+            partial = torch.empty(2, p.splits, view.C, dtype=torch.float32, device=saved.device)
+            k._grad_partial[p.split_grid](grad_y, saved, _or(res, saved), w, b, mean, invstd, partial[0],
+                                          partial[1], *common, negative_slope, p.m_per_split, **flags,
+                                          BLOCK_C=p.block_c, BLOCK_M=p.block_m)
+            k._grad_merge[p.channel_grid](partial[0], partial[1], dweight, dbias, view.C, p.splits,
+                                          BLOCK_C=p.block_c)
+            k._grad_input[p.tile_grid](grad_y, saved, _or(res, saved), dx, _or(dres, dx), w, b, mean, invstd,
+                                       dweight, dbias, *common, negative_slope, **flags,
+                                       WRITE_DRES=dres is not None, BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return FusedBackward(dx, dres, dweight, dbias)
 
     def fused_forward_eval(self, x: Tensor, residual: Tensor | None, running_mean: Tensor, running_var: Tensor,
@@ -208,13 +249,18 @@ class TritonBackend(Backend, FusedBackend):
         y = torch.empty_like(x, memory_format=view.fmt)
         mean = running_mean.float().contiguous()
         invstd = torch.rsqrt(running_var.float() + eps)  # (C,): a negligible op beside the elementwise pass
-        p = view.plan(x)
-        block_m = p.block_m if not p.one_pass else min(p.block_m, max(16, _TILE // p.block_c))
-        k._normalize[(math.ceil(view.C / p.block_c), math.ceil(view.M / block_m))](
-            x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C, view.S, view.M,
-            *view.strides(x), negative_slope, **_flags(activation, res, weight, bias), BLOCK_C=p.block_c,
-            BLOCK_M=block_m)
+        p = view.plan(x.device)
+        with _launching_on(x.device):
+            k._normalize[p.tile_grid](x, _or(res, x), y, _param(weight, x), _param(bias, x), mean, invstd, view.C,
+                                      view.S, view.M, *view.strides, negative_slope,
+                                      **_flags(activation, res, weight, bias), BLOCK_C=p.block_c, BLOCK_M=p.tile_m)
         return y
+
+
+def _launching_on(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    # Triton launches on the current CUDA device, which need not be the input's (x on cuda:1 while cuda:0 is
+    # current); on the CPU (the interpreter) there is nothing to switch.
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _flags(activation: str, res: Tensor | None, weight: Tensor | None, bias: Tensor | None) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-IDENTITY, RELU, LEAKY_RELU, SILU, ELU = 0, 1, 2, 3, 4
-
 
 @triton.jit
 def _offsets(c, m, S, sN, sC, sS):
@@ -50,6 +48,7 @@ def _expm1(z):
 
 @triton.jit
 def _activate(z, slope, ACT: tl.constexpr):
+    # ACT: the activation's index in bnlab.kernels.fused.ACTIVATIONS (identity, relu, leaky_relu, silu, elu).
     if ACT == 1:
         z = tl.maximum(z, 0.0)
     elif ACT == 2:
@@ -146,12 +145,12 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
                    BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     # x_ptr: (N, C, S); cnt_ptr: (splits,), mean_ptr, m2_ptr: (splits, C) fp32 partial moments of one split.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    split = tl.program_id(1)
+    split = tl.program_id(1).to(tl.int64)
     cmask = c < C
     # Moments are taken of x − K, K = the channel's first value: merging float32 means of magnitude |μ| would
     # lose the spread wherever |μ| dwarfs it; x − K is of the spread's size.
     shift = tl.load(x_ptr + c.to(tl.int64) * sC, mask=cmask, other=0.0).to(tl.float32)
-    start = split.to(tl.int64) * m_per_split
+    start = split * m_per_split
     end = tl.minimum(start + m_per_split, M)
     count = 0.0
     mean = tl.zeros((BLOCK_C,), tl.float32)
@@ -160,7 +159,10 @@ def _stats_partial(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, S, M, sN, sC, sS, m_per_
         m = m0 + tl.arange(0, BLOCK_M)
         mmask = m < end
         mask = cmask[:, None] & mmask[None, :]
-        x = tl.load(x_ptr + _offsets(c, m, S, sN, sC, sS), mask=mask, other=0.0).to(tl.float32) - shift[:, None]
+        offs = _offsets(c, m, S, sN, sC, sS)
+        # Masked lanes must be 0 after the shift, not 0 − K: each would add −K to the tile's sum and K² to its
+        # squares, which the dsum correction below only partly undoes (the variance cancels catastrophically).
+        x = tl.where(mask, tl.load(x_ptr + offs, mask=mask).to(tl.float32) - shift[:, None], 0.0)
         n_b = tl.sum(mmask.to(tl.float32), axis=0)
         mean_b = tl.sum(x, axis=1) / n_b
         d = tl.where(mask, x - mean_b[:, None], 0.0)
@@ -211,8 +213,9 @@ def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M,
                ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     # x_ptr, r_ptr, y_ptr: (N, C, S); w_ptr, b_ptr, mean_ptr, invstd_ptr: (C,) fp32. y = act(x·scale + shift + r).
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = cmask[:, None] & (m < M)[None, :]
     offs = _offsets(c, m, S, sN, sC, sS)
@@ -229,6 +232,40 @@ def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M,
 
 # ----------------------------------------------------------------------------------------------- backward
 @triton.jit
+def _channel_state(w_ptr, b_ptr, mean_ptr, invstd_ptr, c, cmask, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    # (BLOCK_C,) γ, β, μ and 1/σ of the channels c; γ is 1 on masked channels (save="output" divides by it).
+    gamma, beta = _params(w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
+    gamma = tl.where(cmask, gamma, 1.0)
+    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+    return gamma, beta, mean, invstd
+
+
+@triton.jit
+def _tile_dz_xhat(g_ptr, s_ptr, r_ptr, offs, mask, gamma, beta, mean, invstd, slope,
+                  ACT: tl.constexpr, FROM_OUTPUT: tl.constexpr, HAS_RES: tl.constexpr):
+    # One (BLOCK_C, BLOCK_M) tile of dz and x̂, both 0 on masked lanes so that they add nothing to a reduction.
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    src = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    r = 0.0
+    if HAS_RES:
+        r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dz, xhat = _dz_xhat(g, src, r, mean[:, None], invstd[:, None], gamma[:, None], beta[:, None], slope,
+                        ACT, FROM_OUTPUT)
+    return tl.where(mask, dz, 0.0), tl.where(mask, xhat, 0.0)
+
+
+@triton.jit
+def _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, M,
+              WRITE_DRES: tl.constexpr):
+    # ∂ℓ/∂x = γ/σ · (dz − Σdz/M − x̂·Σ(dz·x̂)/M) and, with a residual, ∂ℓ/∂r = dz; dbias = Σdz, dweight = Σdz·x̂.
+    dx = (gamma * invstd)[:, None] * (dz - (dbias / M)[:, None] - xhat * (dweight / M)[:, None])
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if WRITE_DRES:
+        tl.store(dr_ptr + offs, dz.to(dr_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _backward_one_pass(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, dw_ptr, db_ptr,
                        C, S, M, sN, sC, sS, slope,
                        ACT: tl.constexpr, FROM_OUTPUT: tl.constexpr, HAS_RES: tl.constexpr,
@@ -240,27 +277,14 @@ def _backward_one_pass(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_p
     cmask = c < C
     mask = cmask[:, None] & (m < M)[None, :]
     offs = _offsets(c, m, S, sN, sC, sS)
-    gamma, beta = _params(w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
-    gamma = tl.where(cmask, gamma, 1.0)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    src = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    r = 0.0
-    if HAS_RES:
-        r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dz, xhat = _dz_xhat(g, src, r, mean[:, None], invstd[:, None], gamma[:, None], beta[:, None], slope,
-                        ACT, FROM_OUTPUT)
-    dz = tl.where(mask, dz, 0.0)
-    xhat = tl.where(mask, xhat, 0.0)
+    gamma, beta, mean, invstd = _channel_state(w_ptr, b_ptr, mean_ptr, invstd_ptr, c, cmask, HAS_W, HAS_B)
+    dz, xhat = _tile_dz_xhat(g_ptr, s_ptr, r_ptr, offs, mask, gamma, beta, mean, invstd, slope,
+                             ACT, FROM_OUTPUT, HAS_RES)
     dbias = tl.sum(dz, axis=1)
     dweight = tl.sum(dz * xhat, axis=1)
     tl.store(db_ptr + c, dbias, mask=cmask)
     tl.store(dw_ptr + c, dweight, mask=cmask)
-    dx = (gamma * invstd)[:, None] * (dz - (dbias / M)[:, None] - xhat * (dweight / M)[:, None])
-    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    if WRITE_DRES:
-        tl.store(dr_ptr + offs, dz.to(dr_ptr.dtype.element_ty), mask=mask)
+    _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, M, WRITE_DRES)
 
 
 @triton.jit
@@ -270,30 +294,20 @@ def _grad_partial(g_ptr, s_ptr, r_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, p1_pt
                   HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     # g_ptr, s_ptr, r_ptr: (N, C, S); p1_ptr, p2_ptr: (splits, C) fp32 partial Σdz and Σdz·x̂ of one split.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    split = tl.program_id(1)
+    split = tl.program_id(1).to(tl.int64)
     cmask = c < C
-    gamma, beta = _params(w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
-    gamma = tl.where(cmask, gamma, 1.0)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
-    start = split.to(tl.int64) * m_per_split
+    gamma, beta, mean, invstd = _channel_state(w_ptr, b_ptr, mean_ptr, invstd_ptr, c, cmask, HAS_W, HAS_B)
+    start = split * m_per_split
     end = tl.minimum(start + m_per_split, M)
     acc1 = tl.zeros((BLOCK_C,), tl.float32)
     acc2 = tl.zeros((BLOCK_C,), tl.float32)
     for m0 in range(start, end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         mask = cmask[:, None] & (m < end)[None, :]
-        offs = _offsets(c, m, S, sN, sC, sS)
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        src = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        r = 0.0
-        if HAS_RES:
-            r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dz, xhat = _dz_xhat(g, src, r, mean[:, None], invstd[:, None], gamma[:, None], beta[:, None], slope,
-                            ACT, FROM_OUTPUT)
-        dz = tl.where(mask, dz, 0.0)
+        dz, xhat = _tile_dz_xhat(g_ptr, s_ptr, r_ptr, _offsets(c, m, S, sN, sC, sS), mask, gamma, beta, mean,
+                                 invstd, slope, ACT, FROM_OUTPUT, HAS_RES)
         acc1 += tl.sum(dz, axis=1)
-        acc2 += tl.sum(dz * tl.where(mask, xhat, 0.0), axis=1)
+        acc2 += tl.sum(dz * xhat, axis=1)
     tl.store(p1_ptr + split * C + c, acc1, mask=cmask)
     tl.store(p2_ptr + split * C + c, acc2, mask=cmask)
 
@@ -317,26 +331,16 @@ def _grad_input(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_ptr, inv
                 C, S, M, sN, sC, sS, slope,
                 ACT: tl.constexpr, FROM_OUTPUT: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr,
                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
-    # As _backward_one_pass, for one (channel block, M block) tile, with Σdz (db) and Σdz·x̂ (dw) already known.
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # As _backward_one_pass, for one (M tile, channel block) tile, with Σdz (db) and Σdz·x̂ (dw) already known.
+    # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = cmask[:, None] & (m < M)[None, :]
     offs = _offsets(c, m, S, sN, sC, sS)
-    gamma, beta = _params(w_ptr, b_ptr, c, cmask, HAS_W, HAS_B)
-    gamma = tl.where(cmask, gamma, 1.0)
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
-    a1 = tl.load(db_ptr + c, mask=cmask, other=0.0) / M
-    a2 = tl.load(dw_ptr + c, mask=cmask, other=0.0) / M
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    src = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    r = 0.0
-    if HAS_RES:
-        r = tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dz, xhat = _dz_xhat(g, src, r, mean[:, None], invstd[:, None], gamma[:, None], beta[:, None], slope,
-                        ACT, FROM_OUTPUT)
-    dx = (gamma * invstd)[:, None] * (dz - a1[:, None] - xhat * a2[:, None])
-    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    if WRITE_DRES:
-        tl.store(dr_ptr + offs, dz.to(dr_ptr.dtype.element_ty), mask=mask)
+    gamma, beta, mean, invstd = _channel_state(w_ptr, b_ptr, mean_ptr, invstd_ptr, c, cmask, HAS_W, HAS_B)
+    dz, xhat = _tile_dz_xhat(g_ptr, s_ptr, r_ptr, offs, mask, gamma, beta, mean, invstd, slope,
+                             ACT, FROM_OUTPUT, HAS_RES)
+    dbias = tl.load(db_ptr + c, mask=cmask, other=0.0)
+    dweight = tl.load(dw_ptr + c, mask=cmask, other=0.0)
+    _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, M, WRITE_DRES)
