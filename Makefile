@@ -24,6 +24,9 @@ lint: setup
 format: setup
 	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
 
-## bench: the CPU benchmark suite (bnlab's backends against PyTorch, same run); results in benchmarks/results/
+## bench: the CPU benchmarks (kernels, engine overhead, folding; each against its competitor in the same run);
+## results in benchmarks/results/
 bench: setup
 	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json
+	@$(PY) -m benchmarks.engine_overhead --json benchmarks/results/engine-overhead.json
+	@$(PY) benchmarks/fold_speedup.py --json benchmarks/results/fold-speedup.json

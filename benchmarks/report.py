@@ -12,18 +12,51 @@ def geomean(values: list[float]) -> float:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (backend, kind, dtype, layout, op): geometric mean of the ratios and the worst row."""
+    """Per (kind, dtype, layout, op, backend): geometric mean of the ratios and the worst row.
+
+    Sorted so that the backends of one (kind, dtype, layout, op), "auto" among them, sit next to each other.
+    """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["backend"], row["kind"], row["dtype"], row["layout"], row["op"])].append(row)
         groups[(row["backend"], row["kind"], row["dtype"], "both", row["op"])].append(row)
     out = []
-    for (backend, kind, dtype, layout, op), members in sorted(groups.items()):
+    for (backend, kind, dtype, layout, op), members in sorted(groups.items(), key=lambda g: _summary_order(*g[0])):
         worst = min(members, key=lambda r: r["ratio"])
         out.append({"backend": backend, "kind": kind, "dtype": dtype, "layout": layout, "op": op,
                     "rows": len(members), "geomean_ratio": geomean([r["ratio"] for r in members]),
                     "worst_ratio": worst["ratio"], "worst_case": worst["case"]})
     return out
+
+
+_LAYOUT_ORDER = {"nchw": 0, "nhwc": 1, "both": 2}
+
+
+def _summary_order(backend: str, kind: str, dtype: str, layout: str, op: str) -> tuple[Any, ...]:
+    return kind, dtype, _LAYOUT_ORDER.get(layout, 3), layout, op, backend
+
+
+def _conditions(result: dict[str, Any]) -> list[str]:
+    """Header lines on what the CPU timings exclude: allocator page faults, samples disturbed by other processes."""
+    lines = []
+    malloc = result["environment"].get("malloc")
+    if malloc is not None and result["environment"]["device"] == "cpu":
+        if all(value is not None for value in malloc.values()):
+            settings = " ".join(f"{name}={value}" for name, value in malloc.items())
+            lines.append(f"- malloc: {settings} (set by the runner for both competitors: large outputs reuse freed "
+                         f"memory instead of page-faulting fresh pages on every call; benchmarks/conditions.py)")
+        else:
+            lines.append("- malloc: glibc defaults (--malloc-defaults or not Linux): calls that allocate large "
+                         "outputs include the page faults of fresh memory")
+    d = result.get("disturbances")
+    if d and d.get("probe"):
+        lines.append(f"- samples retaken because another process kept a thread of this one waiting for a CPU (more "
+                     f"than {d['threshold_us']:.0f} µs or {d['threshold_fraction']:.0%} of the sample): "
+                     f"{d['retaken']} retakes over {d['samples']} samples; {d['kept_disturbed']} kept disturbed "
+                     f"after {d['max_retakes']} retakes")
+    elif d is not None and result["environment"]["device"] == "cpu":
+        lines.append("- no run-queue statistics here (/proc/self/task/*/schedstat): disturbed samples were kept")
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -37,11 +70,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"- {env['date']}; load average at start {env['loadavg_start']}, at end {env.get('loadavg_end')}")
     lines.append(f"- copy bandwidth measured in this run: {result['copy_bandwidth_GBps']:.1f} GB/s; medians of "
                  f"{result['reps']} interleaved repetitions; ratio = PyTorch / ours (above 1: ours is faster)")
+    lines += _conditions(result)
+    lines.append("- backend auto: what `backend=\"auto\"` (the default) runs for each call of that layer")
     lines += ["", "## Summary (geometric mean of the ratios; worst row)", "",
-              "| backend | kind | dtype | layout | op | rows | geomean | worst | worst case |",
+              "| kind | dtype | layout | op | backend | rows | geomean | worst | worst case |",
               "|---|---|---|---|---|---:|---:|---:|---|"]
     for s in result["summary"]:
-        lines.append(f"| {s['backend']} | {s['kind']} | {s['dtype']} | {s['layout']} | {s['op']} | {s['rows']} | "
+        lines.append(f"| {s['kind']} | {s['dtype']} | {s['layout']} | {s['op']} | {s['backend']} | {s['rows']} | "
                      f"{s['geomean_ratio']:.2f}x | {s['worst_ratio']:.2f}x | {s['worst_case']} |")
     lines += ["", "## Rows", "",
               "| case | op | backend | ours ms | PyTorch ms | ratio | GB/s | floor ms | of floor |",

@@ -6,7 +6,13 @@ backward and the eval forward of every bnlab backend that can run (``reference``
 
 - repetitions are interleaved (ours, PyTorch, ours, ...) so a noisy neighbour hurts both, and the median is kept;
 - input buffers rotate, so a call does not find its input in the cache the previous call left;
-- on CUDA, times come from CUDA events; on CPU from ``time.perf_counter``.
+- on CUDA, times come from CUDA events; on CPU from ``time.perf_counter``;
+- on CPU (Linux) the runner restarts itself once with malloc settings that stop glibc from page-faulting fresh
+  memory for every large output, and retakes a sample during which another process kept one of its threads
+  waiting for a CPU (:mod:`benchmarks.conditions`); the Markdown header states both.
+
+``bnlab`` appears as each explicit backend and as ``auto``, the layer as users get it (``backend="auto"``: on
+CPU, ``native`` for small layers and for eval, ``cpu`` for large training inputs).
 
 Each row has our median, PyTorch's, the ratio (PyTorch / ours: above 1 is faster), the GB/s achieved over the
 byte floor's bytes, and the floor itself: the minimum bytes the operation moves (read x and write y for a forward,
@@ -34,6 +40,7 @@ from torch import nn
 
 import bnlab
 from benchmarks import memory
+from benchmarks.conditions import InterferenceProbe, malloc_settings, reexec_with_malloc_settings
 from benchmarks.report import markdown, summarize
 from benchmarks.shapes import Case, catalogue
 
@@ -41,6 +48,11 @@ OPS = ("fwd", "bwd", "fwd+bwd", "eval")
 # Bytes moved per element, in units of the element size: (bn, fused with residual).
 FLOOR_PASSES = {"fwd": (2, 3), "bwd": (3, 4), "fwd+bwd": (5, 7), "eval": (2, 3)}
 ROTATE_BYTES = {"cpu": 256 << 20, "cuda": 512 << 20}  # rotate inputs until this many bytes are in play
+AUTO = "auto"
+# A CPU sample is retaken (at most MAX_RETAKES times) when this process's threads waited on a run queue for more
+# than DISTURBED_NS or DISTURBED_FRACTION of the sample: waking a thread-pool worker costs a few microseconds,
+# losing the CPU to another process a scheduler slice (milliseconds).
+DISTURBED_NS, DISTURBED_FRACTION, MAX_RETAKES = 50_000, 0.05, 10
 
 
 class Timer:
@@ -142,8 +154,37 @@ def op_callables(module: nn.Module, call: Callable[..., torch.Tensor], buffers: 
     return prepare, clear
 
 
+class Disturbances:
+    """Counts of CPU samples retaken because another process took a CPU, and of those kept after MAX_RETAKES."""
+
+    def __init__(self, probe: InterferenceProbe | None) -> None:
+        self.probe = probe
+        self.samples = self.retaken = self.kept = 0
+
+    def measure(self, timer: Timer, prepare: Callable[[], Callable[[], Any]], clear: Callable[[], None]) -> float:
+        """One sample of ``prepare()()``, retaken while the probe says a thread was kept waiting."""
+        self.samples += 1
+        for attempt in range(MAX_RETAKES + 1):
+            fn = prepare()
+            before = self.probe.waited_ns() if self.probe else 0
+            elapsed = timer(fn)
+            waited = (self.probe.waited_ns() - before) if self.probe else 0
+            clear()
+            if waited <= max(DISTURBED_NS, DISTURBED_FRACTION * elapsed * 1e9):
+                return elapsed
+            if attempt < MAX_RETAKES:
+                self.retaken += 1
+        self.kept += 1
+        return elapsed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe is not None, "samples": self.samples, "retaken": self.retaken,
+                "kept_disturbed": self.kept, "threshold_us": DISTURBED_NS / 1e3,
+                "threshold_fraction": DISTURBED_FRACTION, "max_retakes": MAX_RETAKES}
+
+
 def time_case(case: Case, competitors: list[str], device: torch.device, timer: Timer, reps: int,
-              warmup_s: float) -> dict[str, dict[str, float]]:
+              warmup_s: float, disturbances: Disturbances) -> dict[str, dict[str, float]]:
     """Median seconds per (competitor, op), with the competitors' repetitions interleaved."""
     buffers = make_buffers(case, device)
     built = {who: build(case, who, device) for who in competitors}
@@ -162,9 +203,7 @@ def time_case(case: Case, competitors: list[str], device: torch.device, timer: T
             order = competitors[rep % len(competitors):] + competitors[:rep % len(competitors)]
             for who in order:
                 prepare, clear = calls[who]
-                fn = prepare(rep % len(buffers))
-                samples[who].append(timer(fn))
-                clear()
+                samples[who].append(disturbances.measure(timer, lambda: prepare(rep % len(buffers)), clear))
         for who in competitors:
             medians[who][op] = statistics.median(samples[who])
     return medians
@@ -180,6 +219,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(), "torch": torch.__version__,
         "bnlab": bnlab.__version__, "git": rev, "device": device.type, "threads": threads,
         "platform": platform.platform(), "cpu": _cpu_name(), "loadavg_start": list(os.getloadavg()),
+        "malloc": malloc_settings(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -203,6 +243,15 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def competitors(backends: list[str] | None, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """bnlab's side of a case: the requested backends that can run it, by default every available one but
+    reference, then "auto"."""
+    available = bnlab.available_backends(device, dtype)
+    if backends:
+        return [b for b in backends if b == AUTO or b in available]
+    return [b for b in available if b != "reference"] + [AUTO]
+
+
 def run(device_name: str, suite: str, backends: list[str] | None, reps: int, warmup_s: float,
         threads: int | None, cases_filter: str | None) -> dict[str, Any]:
     device = torch.device(device_name)
@@ -211,14 +260,14 @@ def run(device_name: str, suite: str, backends: list[str] | None, reps: int, war
     timer = Timer(device)
     bandwidth = copy_bandwidth(device, timer, max(reps, 10))
     env = environment(device, torch.get_num_threads())
+    probe = InterferenceProbe() if device.type == "cpu" else None
+    disturbances = Disturbances(probe if probe is not None and probe.available else None)
     rows: list[dict[str, Any]] = []
     for case in catalogue(device_name, suite):
         if cases_filter and cases_filter not in case.name:
             continue
-        ours = [b for b in (backends or bnlab.available_backends(device, case.dtype))
-                if b != "reference" or backends]
-        ours = [b for b in ours if b in bnlab.available_backends(device, case.dtype)]
-        medians = time_case(case, [*ours, "torch"], device, timer, reps, warmup_s)
+        ours = competitors(backends, device, case.dtype)
+        medians = time_case(case, [*ours, "torch"], device, timer, reps, warmup_s, disturbances)
         element_bytes = torch.finfo(case.dtype).bits // 8
         for op in OPS:
             floor_bytes = FLOOR_PASSES[op][int(case.fused)] * math.prod(case.shape) * element_bytes
@@ -236,7 +285,7 @@ def run(device_name: str, suite: str, backends: list[str] | None, reps: int, war
             file=sys.stderr, flush=True)
     env["loadavg_end"] = list(os.getloadavg())
     result = {"environment": env, "suite": suite, "reps": reps, "copy_bandwidth_GBps": bandwidth / 1e9,
-              "rows": rows}
+              "disturbances": disturbances.as_dict(), "rows": rows}
     result["summary"] = summarize(rows)
     if device.type == "cpu":
         result["memory"] = [memory.measure(act) for act in ("leaky_relu", "elu", "identity")]
@@ -248,19 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--suite", choices=["quick", "full"], default="quick")
     parser.add_argument("--json", type=Path, help="write the results here (and the Markdown next to it, .md)")
-    parser.add_argument("--backends", nargs="+", help="bnlab backends to time (default: every available one "
-                        "but reference)")
+    parser.add_argument("--backends", nargs="+", help="bnlab backends to time, 'auto' included (default: every "
+                        "available one but reference, and auto)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per op (default 25 CPU, 100 GPU)")
     parser.add_argument("--warmup", type=float, default=0.2, help="seconds of warm-up per competitor and op")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--cases", default=None, help="only cases whose name contains this text")
+    parser.add_argument("--malloc-defaults", action="store_true", help="keep glibc's malloc settings (by default "
+                        "the runner restarts itself once with large-allocation reuse: benchmarks/conditions.py)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks.run: error: --device cuda needs a CUDA GPU, and torch sees none here", file=sys.stderr)
         return 2
     for name in args.backends or []:
-        if name not in bnlab.kernels.backend_names():
-            print(f"benchmarks.run: error: unknown backend {name!r}; known: {bnlab.kernels.backend_names()}",
+        if name != AUTO and name not in bnlab.kernels.backend_names():
+            print(f"benchmarks.run: error: unknown backend {name!r}; known: {[AUTO, *bnlab.kernels.backend_names()]}",
                   file=sys.stderr)
             return 2
     reps = args.reps or (100 if args.device == "cuda" else 25)
@@ -275,4 +326,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_malloc_settings(sys.argv[1:])
     sys.exit(main())

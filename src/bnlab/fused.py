@@ -80,8 +80,8 @@ def fused_impl(name: str) -> FusedBackend | None:
     return backend if isinstance(backend, FusedBackend) else None
 
 
-def _choose(backend: str, x: Tensor, training: bool, save: str) -> tuple[str, FusedBackend | None]:
-    chosen = resolve(backend, x.device, x.dtype, x.numel(), training)
+def _choose(backend: str, x: Tensor, training: bool, save: str, fused: bool) -> tuple[str, FusedBackend | None]:
+    chosen = resolve(backend, x.device, x.dtype, x.numel(), training, fused)
     impl = fused_impl(chosen.name)
     if impl is None and save == "output":
         if backend != AUTO or env_override() is not None:
@@ -208,7 +208,11 @@ def _batch_norm_act(input: Tensor, running_mean: Tensor | None, running_var: Ten
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
     _check_residual(input, residual)
     slope = float(negative_slope)
-    name, impl = _choose(backend, input, training, save)
+    # Eval with gradients runs unfused (below), so only then is the work beyond batch norm done apart.
+    eval_needs_grad = not training and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, residual, weight, bias))
+    fused = (residual is not None or activation != "identity") and not eval_needs_grad
+    name, impl = _choose(backend, input, training, save, fused)
     if impl is None or input.numel() == 0 or torch.compiler.is_compiling():
         # Unfused: the chosen backend's batch norm (running statistics included), then torch's own ops.
         y = _batch_norm(input, running_mean, running_var, weight, bias, training, factor, eps, name)
@@ -221,9 +225,7 @@ def _batch_norm_act(input: Tensor, running_mean: Tensor | None, running_var: Ten
         _stats.update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), factor)
         return y
     assert running_mean is not None and running_var is not None  # checked above
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, residual, weight, bias))
-    if needs_grad:
+    if eval_needs_grad:
         # Inference BN is an affine map; the unfused ops give autograd (and double backward) for free.
         z = _batch_norm(input, running_mean, running_var, weight, bias, False, factor, eps, name)
         return activate(z if residual is None else z + residual, activation, slope)

@@ -33,3 +33,17 @@ def test_cli_errors_are_one_line_exit_2(capsys) -> None:
     if not torch.cuda.is_available():
         assert run.main(["--device", "cuda"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_auto_is_timed_as_users_get_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(run, "catalogue", lambda device, suite: [run.Case((64, 8), torch.float32, "nchw")])
+    monkeypatch.setattr(run.memory, "measure", lambda act: {})
+    monkeypatch.setattr(run, "markdown", lambda result: "")
+    out = tmp_path / "r.json"
+    assert run.main(["--device", "cpu", "--reps", "2", "--warmup", "0", "--json", str(out),
+                     "--backends", "auto", "native"]) == 0
+    result = json.loads(out.read_text())
+    assert {r["backend"] for r in result["rows"]} == {"auto", "native"}
+    assert result["disturbances"]["samples"] > 0
+    assert run.competitors(None, torch.device("cpu"), torch.float32)[-1] == "auto"
+    assert "reference" not in run.competitors(None, torch.device("cpu"), torch.float32)

@@ -53,6 +53,37 @@ def test_auto_is_size_and_mode_aware() -> None:
     assert resolve("auto", cpu, torch.float32, 1 << 24, False).name == "native"  # eval: ATen's single pass
     assert resolve("cpu", cpu, torch.float32, 1 << 10, False).name == "cpu"  # an explicit choice is kept
     assert resolve("auto", cpu, torch.float64, 1 << 24, True).name == "native"  # not preferred for float64
+    # Fused eval (residual or activation): one pass against native's three, so cpu where it is large enough.
+    assert resolve("auto", cpu, torch.float32, 1 << 24, False, fused=True).name == "cpu"
+    assert resolve("auto", cpu, torch.float32, 1 << 10, False, fused=True).name == "native"
+
+
+def test_fused_eval_runs_the_cpu_kernel_unless_gradients_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    import bnlab
+
+    backend = get_backend("cpu")
+    calls = []
+    original = type(backend).fused_forward_eval
+    monkeypatch.setattr(type(backend), "fused_forward_eval",
+                        lambda self, *args: calls.append(1) or original(self, *args))
+    layer = bnlab.nn.BatchNormAct2d(16, activation="relu").eval()
+    x = torch.randn(64, 16, 32, 32)  # 2^20 values: above the crossover
+    with torch.no_grad():
+        layer(x, residual=x)
+        assert calls == [1]
+        layer(x)  # the activation alone is work native does in a second pass
+        assert calls == [1, 1]
+        layer.activation = "identity"
+        layer(x)  # plain eval: native
+        assert calls == [1, 1]
+    layer.activation = "relu"
+    layer(x).sum().backward()  # eval with gradients (γ, β here) runs unfused, through autograd
+    assert calls == [1, 1] and layer.weight.grad is not None
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    assert calls == [1, 1] and x.grad is not None
 
 
 def test_channels_last_and_nchw_give_the_same_numbers() -> None:

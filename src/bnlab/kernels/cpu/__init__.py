@@ -87,11 +87,12 @@ class CpuBackend(Backend, FusedBackend):
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
         return 20 if device.type == "cpu" and dtype in _PREFERRED_DTYPES else 0
 
-    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool) -> int:
-        # Eval is one affine pass that ATen does as well as we do (forward_eval calls it), so "auto" leaves
-        # inference to native and its lower call overhead. In training, below the crossover the Python of the
-        # autograd path costs more than the kernels save (benchmarks/results/cpu-quick.md).
-        return _AUTO_MIN_NUMEL_TRAIN if training else sys.maxsize
+    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False) -> int:
+        # Plain eval is one affine pass that ATen does as well as we do (forward_eval calls it), so "auto" leaves
+        # it to native and its lower call overhead; fused eval (BN + residual + activation in one pass against
+        # native's three) and training win above the crossover, below which the Python around the kernels costs
+        # more than they save (benchmarks/results/cpu-quick.md).
+        return _AUTO_MIN_NUMEL_TRAIN if training or fused else sys.maxsize
 
     @staticmethod
     def _lib():  # type: ignore[no-untyped-def]
