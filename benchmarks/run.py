@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,8 @@ def time_case(case: Case, competitors: list[str], device: torch.device, timer: T
             order = competitors[rep % len(competitors):] + competitors[:rep % len(competitors)]
             for who in order:
                 prepare, clear = calls[who]
-                samples[who].append(disturbances.measure(timer, lambda: prepare(rep % len(buffers)), clear))
+                slot = rep % len(buffers)
+                samples[who].append(disturbances.measure(timer, partial(prepare, slot), clear))
         for who in competitors:
             medians[who][op] = statistics.median(samples[who])
     return medians

@@ -7,9 +7,9 @@ import platform
 import time
 
 import pytest
+from benchmarks.run import Disturbances, Timer
 
 from benchmarks import conditions, report
-from benchmarks.run import Disturbances, Timer
 
 
 def test_reexec_is_skipped_when_asked_or_already_done(monkeypatch) -> None:
