@@ -7,7 +7,7 @@ only ``forward`` (dispatch to a backend) and ``extra_repr`` (show the backend).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,36 +29,51 @@ def _module_forward(module: Any, input: Tensor) -> Tensor:
     ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default) override what the mode decides; see
     :class:`_BackendMixin`.
     """
-    running_mean, running_var, use_batch_stats, factor = prepare_call(module, input)
-    if factor is not None and not use_batch_stats:
-        return _normalize_with_running_then_update(module, input, factor)
-    return _dispatch(input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
-                     0.0 if factor is None else factor, module.eps, module.backend)
+    call = prepare_call(module, input)
+    if call.factor is not None and not call.use_batch_stats:
+        return _normalize_with_running_then_update(module, input, call.factor)
+    return _dispatch(input, call.running_mean, call.running_var, call.weight, call.bias, call.use_batch_stats,
+                     0.0 if call.factor is None else call.factor, module.eps, module.backend)
 
 
-def prepare_call(module: Any, input: Tensor) -> tuple[Tensor | None, Tensor | None, bool, float | Tensor | None]:
-    """Check a module call and move its batch counter: (running_mean, running_var, use_batch_stats, factor).
+class Call(NamedTuple):
+    """What one module call uses, from :func:`prepare_call`.
 
     The buffers are None where the call must not use or update them; ``factor`` is the averaging factor of the
     running-statistics update, or None when this call does not update them.
     """
+
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    weight: Tensor | None
+    bias: Tensor | None
+    use_batch_stats: bool
+    factor: float | Tensor | None
+
+
+def prepare_call(module: Any, input: Tensor) -> Call:
+    """Check a module call and move its batch counter.
+
+    Each parameter and buffer is read once: a module attribute lookup goes through ``nn.Module.__getattr__``,
+    about half a microsecond each, a cost small layers notice.
+    """
     check_input_rank(input, module._bnlab_ranks, type(module).__name__)
+    running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
     # Batch statistics in training, and in eval when there are no running statistics to use.
-    use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
+    use_batch_stats = module.training or (running_mean is None and running_var is None)
     update = module.training and module.track_running_stats
     if module.normalize_with is not None or module.update_stats is not None:
         use_batch_stats, update = _switched(module, use_batch_stats, update)
-    keep_buffers = not use_batch_stats or update
-    running_mean = module.running_mean if keep_buffers else None
-    running_var = module.running_var if keep_buffers else None
-    check_batch_norm_args(input, running_mean, running_var, module.weight, module.bias, use_batch_stats or update,
-                          module.eps)
+    if use_batch_stats and not update:
+        running_mean = running_var = None
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)
     factor: float | Tensor | None = None
     if update:
         factor = 0.0 if module.momentum is None else module.momentum
-        if module.num_batches_tracked is not None:
-            factor = _stats.advance(module.num_batches_tracked, module.momentum)
-    return running_mean, running_var, use_batch_stats, factor
+        counter = module.num_batches_tracked
+        if counter is not None:
+            factor = _stats.advance(counter, module.momentum)
+    return Call(running_mean, running_var, weight, bias, use_batch_stats, factor)
 
 
 def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, bool]:

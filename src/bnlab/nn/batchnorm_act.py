@@ -27,9 +27,9 @@ def _act_module_forward(module: Any, input: Tensor, residual: Tensor | None) -> 
         # Switched by bnlab.tools.freeze: the plain forward honours the switches; the activation follows unfused.
         z = _module_forward(module, input)
         return activate(z if residual is None else z + residual, module.activation, module.negative_slope)
-    running_mean, running_var, use_batch_stats, factor = prepare_call(module, input)
-    return _batch_norm_act(input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
-                           0.0 if factor is None else factor, module.eps, residual, module.activation,
+    call = prepare_call(module, input)
+    return _batch_norm_act(input, call.running_mean, call.running_var, call.weight, call.bias, call.use_batch_stats,
+                           0.0 if call.factor is None else call.factor, module.eps, residual, module.activation,
                            module.negative_slope, module.save, module.backend)
 
 
