@@ -6,11 +6,13 @@ computation handed to :mod:`bnlab.ops`, and the running statistics updated throu
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from bnlab import _stats, ops
 from bnlab._checks import check_batch_norm_args
 from bnlab.kernels import resolve
+from bnlab.kernels.base import memory_format_of
 from bnlab.reference.algorithm1 import accumulation_dtype, values_per_channel
 
 __all__ = ["batch_norm"]
@@ -59,7 +61,8 @@ def _dispatch(input: Tensor, running_mean: Tensor | None, running_var: Tensor | 
               weight: Tensor | None, bias: Tensor | None, training: bool, factor: float | Tensor,
               eps: float, backend: str) -> Tensor:
     """Run checked arguments on the chosen backend and update the running statistics."""
-    chosen = resolve(backend, input.device, input.dtype, input.numel(), training)
+    chosen = resolve(backend, input.device, input.dtype, input.numel(), training,
+                     channels_last=memory_format_of(input) is not torch.contiguous_format)
     if chosen.provides_complete_op and not ops.compiling():
         momentum = float(factor) if isinstance(factor, Tensor) else factor
         return chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

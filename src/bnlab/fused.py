@@ -39,6 +39,7 @@ from bnlab import _stats
 from bnlab._checks import check_batch_norm_args
 from bnlab.functional import _batch_norm
 from bnlab.kernels import AUTO, ENV_VAR, available_backends, get_backend, resolve
+from bnlab.kernels.base import memory_format_of
 from bnlab.kernels.fused import ACTIVATIONS, INVERTIBLE, REFERENCE_FUSED, FusedBackend, activate
 from bnlab.kernels.registry import env_override
 from bnlab.reference import algorithm1
@@ -81,7 +82,8 @@ def fused_impl(name: str) -> FusedBackend | None:
 
 
 def _choose(backend: str, x: Tensor, training: bool, save: str, fused: bool) -> tuple[str, FusedBackend | None]:
-    chosen = resolve(backend, x.device, x.dtype, x.numel(), training, fused)
+    chosen = resolve(backend, x.device, x.dtype, x.numel(), training, fused,
+                     memory_format_of(x) is not torch.contiguous_format)
     impl = fused_impl(chosen.name)
     if impl is None and save == "output":
         if backend != AUTO or env_override() is not None:

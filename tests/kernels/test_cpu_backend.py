@@ -56,6 +56,23 @@ def test_auto_is_size_and_mode_aware() -> None:
     # Fused eval (residual or activation): one pass against native's three, so cpu where it is large enough.
     assert resolve("auto", cpu, torch.float32, 1 << 24, False, fused=True).name == "cpu"
     assert resolve("auto", cpu, torch.float32, 1 << 10, False, fused=True).name == "native"
+    # Plain channels_last training: ATen's vectorized kernel is as fast, so native; fused, cpu still wins.
+    assert resolve("auto", cpu, torch.float32, 1 << 24, True, channels_last=True).name == "native"
+    assert resolve("auto", cpu, torch.float32, 1 << 24, True, fused=True, channels_last=True).name == "cpu"
+
+
+def test_layers_pass_their_memory_format_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bnlab
+    from bnlab import functional
+
+    seen = []
+    monkeypatch.setattr(functional, "resolve", lambda *a, **k: seen.append(k["channels_last"]) or resolve(*a, **k))
+    layer = bnlab.BatchNorm2d(8)
+    x = torch.randn(4, 8, 6, 6)
+    layer(x)
+    layer(x.to(memory_format=torch.channels_last))
+    bnlab.BatchNorm1d(8)(torch.randn(4, 8))
+    assert seen == [False, True, False]
 
 
 def test_fused_eval_runs_the_cpu_kernel_unless_gradients_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:

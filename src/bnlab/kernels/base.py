@@ -82,13 +82,15 @@ class Backend(ABC):
         """
         return 0
 
-    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False) -> int:
-        """``"auto"`` passes this backend over for inputs with fewer elements than this (in this mode).
+    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False,
+                       channels_last: bool = False) -> int:
+        """``"auto"`` passes this backend over for inputs with fewer elements than this (for this kind of call).
 
         For a backend that is faster than ``native`` on large layers but not on small ones, where the Python
-        around its kernels (autograd, argument handling) costs more than it saves. ``fused``: the call also adds
-        a residual or applies an activation (``bnlab.fused``), work that ``native`` does in separate passes.
-        0: no minimum.
+        around its kernels (autograd, argument handling) costs more than it saves, or not faster at all for some
+        calls (``sys.maxsize``). ``fused``: the call also adds a residual or applies an activation
+        (``bnlab.fused``), work that ``native`` does in separate passes; ``channels_last``: a 4D or 5D input in
+        that memory format. 0: no minimum.
         """
         return 0
 

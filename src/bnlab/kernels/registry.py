@@ -75,12 +75,13 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
 
 
 def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | None = None,
-            training: bool = True, fused: bool = False) -> Backend:
+            training: bool = True, fused: bool = False, channels_last: bool = False) -> Backend:
     """The backend that runs a call: ``name`` itself, or for ``"auto"`` ``$BNLAB_BACKEND`` or the best one.
 
     With ``numel`` (the input's element count) ``"auto"`` also honours each backend's
     :meth:`~bnlab.kernels.base.Backend.auto_min_numel` for that size and mode (``fused``: a call of
-    :mod:`bnlab.fused` that adds a residual or applies an activation), passing over a backend that is
+    :mod:`bnlab.fused` that adds a residual or applies an activation; ``channels_last``: the input's memory
+    format), passing over a backend that is
     only faster on larger layers; an explicit name or ``$BNLAB_BACKEND`` is never second-guessed.
     """
     env = env_override() or ""
@@ -93,7 +94,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     if backend is None:
         backend = _RESOLVED[key] = _resolve(*key)
     if numel is not None and name == AUTO and not env:
-        backend = _by_size(backend, device, dtype, numel, training, fused)
+        backend = _by_size(backend, device, dtype, numel, training, fused, channels_last)
     return backend
 
 
@@ -110,14 +111,14 @@ def _resolve_while_tracing(name: str, env: str, device_type: str, dtype: torch.d
 
 
 def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int, training: bool,
-             fused: bool) -> Backend:
-    if numel >= best.auto_min_numel(device, dtype, training, fused):
+             fused: bool, channels_last: bool) -> Backend:
+    if numel >= best.auto_min_numel(device, dtype, training, fused, channels_last):
         return best
     order = _ORDER.get((device.type, dtype))
     if order is None:
         order = _ORDER[(device.type, dtype)] = [_BACKENDS[n] for n in available_backends(device, dtype)]
     for candidate in order:  # the next ones in "auto"'s order
-        if numel >= candidate.auto_min_numel(device, dtype, training, fused):
+        if numel >= candidate.auto_min_numel(device, dtype, training, fused, channels_last):
             return candidate
     return best
 

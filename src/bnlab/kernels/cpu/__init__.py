@@ -87,12 +87,16 @@ class CpuBackend(Backend, FusedBackend):
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
         return 20 if device.type == "cpu" and dtype in _PREFERRED_DTYPES else 0
 
-    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False) -> int:
-        # Plain eval is one affine pass that ATen does as well as we do (forward_eval calls it), so "auto" leaves
-        # it to native and its lower call overhead; fused eval (BN + residual + activation in one pass against
-        # native's three) and training win above the crossover, below which the Python around the kernels costs
-        # more than they save (benchmarks/results/cpu-quick.md).
-        return _AUTO_MIN_NUMEL_TRAIN if training or fused else sys.maxsize
+    def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False,
+                       channels_last: bool = False) -> int:
+        # From benchmarks/results/cpu-quick.md. Wins: fused calls (BN + residual + activation in one pass against
+        # native's three) and NCHW training (ATen's statistics pass is scalar there), above the crossover below
+        # which the Python around the kernels costs more than they save. Not: plain eval, one affine pass that
+        # ATen does as well (forward_eval calls it), and plain channels_last training, where ATen's vectorized
+        # kernel is as close to the byte floor as ours (0.9x of it).
+        if fused:
+            return _AUTO_MIN_NUMEL_TRAIN
+        return _AUTO_MIN_NUMEL_TRAIN if training and not channels_last else sys.maxsize
 
     @staticmethod
     def _lib():  # type: ignore[no-untyped-def]
