@@ -53,6 +53,7 @@ def test_auto_is_size_and_mode_aware() -> None:
     assert resolve("auto", cpu, torch.float32, 1 << 24, False).name == "native"  # eval: ATen's single pass
     assert resolve("cpu", cpu, torch.float32, 1 << 10, False).name == "cpu"  # an explicit choice is kept
     assert resolve("auto", cpu, torch.float64, 1 << 24, True).name == "native"  # not preferred for float64
+    assert resolve("auto", cpu, torch.bfloat16, 1 << 24, True).name == "native"  # nor bfloat16 (0.9x ATen's)
     # Fused eval (residual or activation): one pass against native's three, so cpu where it is large enough.
     assert resolve("auto", cpu, torch.float32, 1 << 24, False, fused=True).name == "cpu"
     assert resolve("auto", cpu, torch.float32, 1 << 10, False, fused=True).name == "native"
@@ -113,3 +114,25 @@ def test_channels_last_and_nchw_give_the_same_numbers() -> None:
     c = cpu.forward_train(x.contiguous(memory_format=torch.channels_last), w, b, 1e-5)
     torch.testing.assert_close(a.y, c.y, rtol=1e-5, atol=1e-5)
     assert c.y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("shape, channels_last", [((4, 37, 5, 3), False), ((4, 37, 5, 3), True),
+                                                  ((64, 32, 8, 8), False), ((64, 32, 8, 8), True), ((3, 17), False)],
+                         ids=["odd-nchw", "odd-nhwc", "vector-nchw", "vector-nhwc", "2d"])
+def test_half_types_round_as_torch_does(dtype: torch.dtype, shape: tuple[int, ...], channels_last: bool) -> None:
+    # The vectorized conversions against torch's own: round to nearest even, NaN and ±inf kept, bit for bit.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    cpu = get_backend("cpu")
+    x32 = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    x32.view(-1)[:5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -0.0])
+    x = x32.to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    c = shape[1]
+    zeros, ones, third = torch.zeros(c), torch.ones(c), torch.full((c,), 1 / 3)
+    y = cpu.fused_forward_eval(x, None, zeros, ones, third, zeros, 0.0, "identity", 0.0)
+    expected = (x.float() * torch.tensor(1 / 3)).to(dtype)
+    assert torch.equal(y.float().nan_to_num(7.0), expected.float().nan_to_num(7.0))
+    assert int(torch.isnan(y).sum()) == 1

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnlab.kernels.base import TrainForward
+from bnlab.kernels.base import Backend, TrainBackward, TrainForward
 from bnlab.reference import algorithm1, algorithm2
 from bnlab.reference.algorithm1 import accumulation_dtype, per_channel, reduction_dims, values_per_channel
 
@@ -65,6 +65,23 @@ class FusedBackend(ABC):
                            weight: Tensor | None, bias: Tensor | None, eps: float, activation: str,
                            negative_slope: float) -> Tensor:
         """y = act(BN_eval(x) + r) with the population statistics (Algorithm 2)."""
+
+
+class FusedKernelsBackend(Backend, FusedBackend):
+    """A backend whose kernels are the fused ones: plain batch norm is the fused call with no residual and the
+    identity activation (the ``cpu`` and ``triton`` backends)."""
+
+    def forward_train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> TrainForward:
+        return self.fused_forward_train(x, None, weight, bias, eps, "identity", 0.0)
+
+    def backward(self, grad_y: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
+                 invstd: Tensor) -> TrainBackward:
+        g = self.fused_backward(grad_y, x, None, weight, None, mean, invstd, "identity", 0.0, False, False)
+        return TrainBackward(g.dx, g.dweight, g.dbias)
+
+    def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
+                     bias: Tensor | None, eps: float) -> Tensor:
+        return self.fused_forward_eval(x, None, running_mean, running_var, weight, bias, eps, "identity", 0.0)
 
 
 # ---------------------------------------------------------------------------------------- the reference math

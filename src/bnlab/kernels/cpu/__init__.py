@@ -17,9 +17,9 @@ import sys
 import torch
 from torch import Tensor
 
-from bnlab.kernels.base import FLOAT_DTYPES, Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.base import FLOAT_DTYPES, TrainForward, memory_format_of
 from bnlab.kernels.cpu import build
-from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackend, FusedBackward
+from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackward, FusedKernelsBackend
 from bnlab.reference.algorithm1 import accumulation_dtype
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -31,8 +31,9 @@ _PARALLEL_MIN_NUMEL = 1 << 15
 # even, 1.6M values and up faster.
 _AUTO_MIN_NUMEL_TRAIN = 1 << 18
 # "auto" ranks this backend above native for these dtypes only: the benchmark (benchmarks/results) shows it
-# faster there; float64 and float16 are supported but not chosen automatically.
-_PREFERRED_DTYPES = (torch.float32, torch.bfloat16)
+# faster there. bfloat16, float16 and float64 are supported but not chosen automatically: bfloat16 training
+# measured 0.9x of ATen's (benchmarks/results/cpu-full.md), its forward pass being the slower half.
+_PREFERRED_DTYPES = (torch.float32,)
 
 
 class _Geometry:
@@ -70,7 +71,7 @@ def _check(status: int, call: str) -> None:
         raise RuntimeError(f"bnlab cpu kernel {call} failed with status {status}")
 
 
-class CpuBackend(Backend, FusedBackend):
+class CpuBackend(FusedKernelsBackend):
     name = "cpu"
     summary = ("bnlab's C++/OpenMP kernels, compiled on first use: single-pass statistics, channel blocking, "
                "fused residual + activation")
@@ -105,15 +106,7 @@ class CpuBackend(Backend, FusedBackend):
             raise RuntimeError(f"the cpu backend is unavailable: {build.failure_reason()}")
         return lib
 
-    # -------------------------------------------------------------------------------------- plain batch norm
-    def forward_train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> TrainForward:
-        return self.fused_forward_train(x, None, weight, bias, eps, "identity", 0.0)
-
-    def backward(self, grad_y: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
-                 invstd: Tensor) -> TrainBackward:
-        g = self.fused_backward(grad_y, x, None, weight, None, mean, invstd, "identity", 0.0, False, False)
-        return TrainBackward(g.dx, g.dweight, g.dbias)
-
+    # ------------------------------------- plain batch norm (training: the fused kernels, FusedKernelsBackend)
     def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
                      bias: Tensor | None, eps: float) -> Tensor:
         # Inference BN alone is one affine pass, read x and write y, with nothing to fuse or save: ATen's kernel

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
-from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackend, FusedBackward
+from bnlab.kernels.base import TrainForward, memory_format_of
+from bnlab.kernels.fused import ACTIVATION_CODES, FusedBackward, FusedKernelsBackend
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ONE_PASS_MAX = 8192  # values per program (BLOCK_C × BLOCK_M) that still fit in registers for the one-pass path
@@ -143,7 +143,7 @@ class _View:
         return plan(self.C, self.M, channels_contiguous, _programs_wanted(device))
 
 
-class TritonBackend(Backend, FusedBackend):
+class TritonBackend(FusedKernelsBackend):
     name = "triton"
     summary = ("Triton kernels for the GPU: one-pass statistics on chip or split with a deterministic merge, "
                "fused residual + activation; CPU only under TRITON_INTERPRET=1")
@@ -161,20 +161,7 @@ class TritonBackend(Backend, FusedBackend):
         # On the GPU these kernels make fewer passes than ATen's; under the interpreter they are a test vehicle.
         return 30 if device.type == "cuda" else -10
 
-    # --------------------------------------------------------------------------------- plain batch norm
-    def forward_train(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> TrainForward:
-        return self.fused_forward_train(x, None, weight, bias, eps, "identity", 0.0)
-
-    def backward(self, grad_y: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor,
-                 invstd: Tensor) -> TrainBackward:
-        g = self.fused_backward(grad_y, x, None, weight, None, mean, invstd, "identity", 0.0, False, False)
-        return TrainBackward(g.dx, g.dweight, g.dbias)
-
-    def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
-                     bias: Tensor | None, eps: float) -> Tensor:
-        return self.fused_forward_eval(x, None, running_mean, running_var, weight, bias, eps, "identity", 0.0)
-
-    # -------------------------------------------------------------------------------------------- fused
+    # ------------------------------------------------------- fused (plain batch norm: FusedKernelsBackend)
     def fused_forward_train(self, x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
                             eps: float, activation: str, negative_slope: float) -> TrainForward:
         from bnlab.kernels.triton import kernels as k
