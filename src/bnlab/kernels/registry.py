@@ -81,8 +81,8 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
     With ``numel`` (the input's element count) ``"auto"`` also honours each backend's
     :meth:`~bnlab.kernels.base.Backend.auto_min_numel` for that size and mode (``fused``: a call of
     :mod:`bnlab.fused` that adds a residual or applies an activation; ``channels_last``: the input's memory
-    format), passing over a backend that is
-    only faster on larger layers; an explicit name or ``$BNLAB_BACKEND`` is never second-guessed.
+    format), passing over a backend that is only faster on larger layers or on other kinds of call; an explicit
+    name or ``$BNLAB_BACKEND`` is never second-guessed.
     """
     env = env_override() or ""
     if torch.compiler.is_compiling():
