@@ -20,9 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnlab.cli import CLIError
-from bnlab.tools._fold_check import discrepancy, outputs
-from bnlab.tools.checkpoint import (
+from bnlab.cli.checkpoint import (
     CheckpointError,
     build_model,
     check_output_path,
@@ -31,6 +29,8 @@ from bnlab.tools.checkpoint import (
     load_weights,
     save_state_dict,
 )
+from bnlab.cli.errors import CLIError
+from bnlab.tools._fold_check import discrepancy, outputs
 
 if TYPE_CHECKING:
     from bnlab.tools.fold import Folding

@@ -1,7 +1,8 @@
-"""The ``bnlab`` command line: one entry point, subcommands contributed by the parts of the library.
+"""The ``bnlab`` command line: one entry point over the lab's and the model tools' subcommands.
 
-Each module named in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds its subcommands and sets
-``func`` on each parser to a callable taking the parsed arguments and returning an exit code.
+Each subcommand module (:mod:`bnlab.cli.lab`, :mod:`bnlab.cli.tools`) defines ``register(subparsers)``, which adds
+its subcommands and sets ``func`` on each parser to a callable taking the parsed arguments and returning an exit
+code. The command line sits on top of the library: nothing below ``bnlab.cli`` imports it.
 
 Errors a user can fix (a bad option value, a missing file, unusable data) are raised as :class:`CLIError` and
 printed as one line, ``bnlab: error: ...``, with exit code 2; argparse's own usage errors exit 2 as well.
@@ -10,20 +11,17 @@ printed as one line, ``bnlab: error: ...``, with exit code 2; argparse's own usa
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-# Modules that contribute subcommands, in the order their commands are listed by --help.
-COMMAND_MODULES: tuple[str, ...] = (
-    "bnlab.lab.cli",  # list, run, report
-    "bnlab.tools.cli",  # fold, recalibrate, doctor
-)
+from bnlab.cli import lab, tools
+from bnlab.cli.errors import CLIError
 
+__all__ = ["CLIError", "build_parser", "main"]
 
-class CLIError(Exception):
-    """A problem with the user's request: printed as one line, exit code 2."""
+# Subcommand modules, in the order their commands are listed by --help.
+COMMAND_MODULES = (lab, tools)  # list, run, report; fold, recalibrate, doctor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 
@@ -58,11 +56,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``bnlab doctor | head``): not an error of ours; silence the final flush too.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
-
-
-if __name__ == "__main__":
-    # Run as ``python -m bnlab.cli``: call the imported module's main, so that CLIError raised by the
-    # subcommand modules (which import bnlab.cli) is the class this main catches.
-    from bnlab.cli import main as _main
-
-    sys.exit(_main())

@@ -1,4 +1,4 @@
-"""bnlab.tools.checkpoint: writes are atomic, leave nothing behind on failure, and give files ordinary permissions."""
+"""bnlab.cli.checkpoint: writes are atomic, leave nothing behind on failure, and give files ordinary permissions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab.tools.checkpoint import CheckpointError, save_state_dict
+from bnlab.cli.checkpoint import CheckpointError, save_state_dict
 
 STATE = {"weight": torch.arange(6.0).reshape(2, 3)}
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bnlab.cli import CLIError
+from bnlab.cli.errors import CLIError
 
 __all__ = ["register"]
 
