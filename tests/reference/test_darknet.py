@@ -241,6 +241,14 @@ def test_true_gradient_of_darknets_forward_has_the_documented_closed_form() -> N
     expected = ((g - g.mean((0, 2, 3), keepdim=True)) / (s + dk.NORMALIZE_EPS)
                 - centred * (g * centred).sum((0, 2, 3), keepdim=True) / ((m - 1) * s * (s + dk.NORMALIZE_EPS) ** 2))
     torch.testing.assert_close(auto, expected.flatten(), rtol=1e-10, atol=1e-12)
+    # The compact form a kernel would use (docs/compat.md): with r = 1/(s + δ) and x̂ = (x − μ)·r,
+    # ∂ℓ/∂x = γ r (dy − Σdy/m − x̂ · Σ(dy·x̂)/m · c), c = m(s + δ)/((m − 1)s); torch's batch norm has c = 1.
+    r = 1 / (s + dk.NORMALIZE_EPS)
+    x_hat = centred * r
+    c_factor = m * (s + dk.NORMALIZE_EPS) / ((m - 1) * s)
+    compact = _vec(l.scales) * r * (dy4 - dy4.sum((0, 2, 3), keepdim=True) / m
+                                    - x_hat * (dy4 * x_hat).sum((0, 2, 3), keepdim=True) / m * c_factor)
+    torch.testing.assert_close(auto, compact.flatten(), rtol=1e-10, atol=1e-12)
 
 
 def test_gradient_gap_shrinks_with_the_batch_and_grows_as_the_variance_nears_eps() -> None:
@@ -254,7 +262,7 @@ def test_gradient_gap_shrinks_with_the_batch_and_grows_as_the_variance_nears_eps
                                                           "conv 8x8, batch 4, input std 1e-2",
                                                           "conv 8x8, batch 4, input std 1e-3"))
     assert base < small < tiny
-    # m = 2: x̂ = ±1/√2 whatever x, so the true gradient vanishes; darknet returns a third of the direct term.
+    # m = 2: x̂ = ±1/√2 whatever x, so the true gradient vanishes; darknet's is ~0.35 of the direct term's size.
     assert by_name["fully connected, batch 2 (m = 2)"].relative_to_direct > 0.1
 
 

@@ -1,26 +1,12 @@
 """How Keras, Flax and darknet define batch norm, as data beside PyTorch's (which bnlab keeps).
 
-Every framework normalizes y = γ·(x − μ)/root + β with per-channel statistics, but they differ in five choices,
-read from their sources (Keras 3.15 ``layers/normalization/batch_normalization.py`` and its torch backend's
-``moments``/``batch_normalization``; Flax 0.12 ``linen/normalization.py``; pjreddie/darknet ``src/blas.c`` and
-``src/batchnorm_layer.c``):
-
-======================  ===================  ===================  ===================  ==========================
-choice                  torch (bnlab)        Keras 3              Flax linen           darknet (CPU)
-======================  ===================  ===================  ===================  ==========================
-ε (default)             1e-5                 1e-3                 1e-5                 1e-6 (fixed)
-where ε sits            √(σ² + ε)            √(σ² + ε)            √(σ² + ε)            √σ² + ε (normalize_cpu)
-momentum (default)      0.1, weighs batch    0.99, weighs old     0.99, weighs old     .99 weighs old (fixed)
-variance normalizing    biased σ²_B          biased               biased               unbiased s²
-variance averaged       unbiased s²          biased               biased               unbiased s²
-running variance start  1                    1                    1                    0
-channel axis            1 (NCHW)             -1 (NHWC)            -1 (NHWC)            1 (NCHW, flat)
-======================  ===================  ===================  ===================  ==========================
-
-with σ²_B = Σ(x − μ)²/m and s² = Σ(x − μ)²/(m − 1). All four update the running values as
-new = decay·old + (1 − decay)·batch; torch's ``momentum`` is 1 − decay. In eval all four normalize with the
-running values, ε placed as in training. darknet's backward is not the gradient of its forward (ε = 1e-5 inside the
-root there, and 1/m): see :mod:`bnlab.reference.darknet` and docs/math.md.
+Every framework normalizes y = γ·(x − μ)/root + β with per-channel statistics and keeps running averages, but
+they differ in ε and where it sits, the meaning of momentum, which batch variance normalizes (biased σ²_B or
+unbiased s²) and which one is averaged, the running variance's start and the channel axis. Each
+:class:`Convention` below records those choices as read from the frameworks' sources (Keras 3.15
+``layers/normalization/batch_normalization.py`` and its torch backend; Flax 0.12 ``linen/normalization.py``;
+pjreddie/darknet ``src/blas.c`` and ``src/batchnorm_layer.c``); docs/compat.md tabulates them. All four update
+the running values as new = a·old + b·batch (:meth:`Convention.update_weights`); torch's ``momentum`` is b.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def from_flax(variables: Mapping[str, Any], batch_norm: Any = None, *, input_ran
         eps=float(attr("epsilon", FLAX.eps)), torch_momentum=FLAX.to_torch_momentum(float(attr("momentum",
                                                                                                  FLAX.momentum))),
         backend=backend, dtype=dtype)
-    return Ported(module, channels_last, (*built_notes, *notes, BIASED_RUNNING_VAR_NOTE.format(name="flax")))
+    biased_note = BIASED_RUNNING_VAR_NOTE.format(name="Flax", convention="flax")
+    return Ported(module, channels_last, (*built_notes, *notes, biased_note))
 
 
 def flax_config(module: torch.nn.Module, *, channels_last: bool = True) -> dict[str, Any]:

@@ -83,7 +83,8 @@ def from_keras(layer: Any, *, backend: str = "auto", dtype: torch.dtype = torch.
         gamma=weights["gamma"] if layer.scale else None, beta=weights["beta"] if layer.center else None,
         eps=float(layer.epsilon), torch_momentum=KERAS.to_torch_momentum(float(layer.momentum)), backend=backend,
         dtype=dtype)
-    return Ported(module, channels_last, (*notes, BIASED_RUNNING_VAR_NOTE.format(name="keras")))
+    biased_note = BIASED_RUNNING_VAR_NOTE.format(name="Keras", convention="keras")
+    return Ported(module, channels_last, (*notes, biased_note))
 
 
 def keras_config(module: torch.nn.Module, *, channels_last: bool = True) -> dict[str, Any]:

@@ -22,7 +22,7 @@ BIASED_RUNNING_VAR_NOTE = (
     "{name} averages the biased batch variance σ²_B into its running variance; this module (torch's rule) averages "
     "the unbiased m/(m−1)·σ²_B, so after training steps running_var exceeds {name}'s by (1 − decay)·σ²_B/(m − 1) per "
     "step, decayed. Inference, training outputs and the running mean are the same. Representable once bnlab "
-    "modules take convention='{name}'.")
+    "modules take convention='{convention}'.")
 FROZEN_SCALE_NOTE = ("the source layer has no scale (γ): the module's weight is fixed at 1 with requires_grad=False, "
                      "so an optimizer leaves it alone")
 
