@@ -6,7 +6,8 @@
 - Weights are checked against the model before loading, so a mismatch is reported in one line that names the
   keys and shapes, and the model is untouched when they do not fit.
 - Output is written to a temporary file in the target directory and renamed over the target, so a failure
-  never leaves a partial file behind.
+  never leaves a partial file behind; only a regular file that is not an input is ever replaced
+  (:mod:`bnlab.cli.paths`).
 
 Every problem a user can fix raises :class:`CheckpointError` (a ``ValueError``) with a one-line message.
 """
@@ -22,12 +23,14 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from bnlab.cli.paths import OutputPathError, resolve_output
 
 __all__ = ["CheckpointError", "build_model", "check_output_path", "describe_error", "load_state_dict", "load_weights",
            "save_state_dict"]
@@ -187,33 +190,35 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = 
         raise CheckpointError(f"{source} do not fit the model: {_one_line(str(err))[:300]}") from None
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse an output path whose directory does not exist, before any work is done."""
-    out = Path(path)
-    if out.is_dir():
-        raise CheckpointError(f"--out {str(out)!r} is a directory; give a file name ending in .pt or .safetensors")
-    if not out.parent.is_dir():
-        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
-    # Checked before the work, so that a long fold or recalibration does not end in a failed write.
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} is not writable")
-    return out
+def check_output_path(path: str | os.PathLike[str],
+                      inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
+    """The regular file to write for ``--out path``, checked before any work (:func:`bnlab.cli.paths.resolve_output`).
+
+    ``inputs``: (option, path) of the files the command reads, which the output must not replace.
+    """
+    try:
+        return resolve_output(path, inputs=inputs)
+    except OutputPathError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike[str],
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None,
+                    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
     """Write tensors to ``path`` (.safetensors, else torch.save) through a temporary file and a rename.
 
     ``metadata`` (strings) goes into a .safetensors header; torch's format has no place for it. The file gets the
-    permissions open() would give it. Any failure raises CheckpointError and leaves ``path`` as it was.
+    permissions open() would give it. ``path`` is checked again as :func:`check_output_path` does (it may have
+    changed during the work): only a regular file is replaced (a symlink's target), never one of ``inputs``.
+    Returns the file written. Any failure raises CheckpointError and leaves ``path`` as it was.
     """
-    out = check_output_path(path)
+    out = check_output_path(path, inputs)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # no shared storage
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
-        if out.suffix == SAFETENSORS:
+        if Path(path).suffix == SAFETENSORS:  # the format the user named, also through a symlink
             from safetensors.torch import save_file
             save_file(tensors, tmp, metadata=metadata)
         else:
