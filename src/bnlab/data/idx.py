@@ -17,7 +17,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
@@ -49,7 +49,11 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int) -> np.ndarray:
     return np.frombuffer(values, dtype=np.uint8).reshape(shape)
 
 
-def _read_header(stream: BinaryIO, path: Path, ndim: int) -> tuple[int, ...]:
+class _Stream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _read_header(stream: _Stream, path: Path, ndim: int) -> tuple[int, ...]:
     magic = stream.read(4)
     if len(magic) < 4:
         raise ValueError(f"{path}: {len(magic)} bytes is too short for an IDX header; the file is truncated or "
@@ -68,7 +72,7 @@ def _read_header(stream: BinaryIO, path: Path, ndim: int) -> tuple[int, ...]:
     return struct.unpack(f">{dims}I", sizes)
 
 
-def _read_values(stream: BinaryIO, path: Path, shape: tuple[int, ...]) -> bytearray:
+def _read_values(stream: _Stream, path: Path, shape: tuple[int, ...]) -> bytearray:
     """Exactly the ``prod(shape)`` bytes after the header; one byte more, or fewer, is an error."""
     expected = math.prod(shape)  # a Python int: sizes up to 2^32 − 1 each cannot overflow it
     values = bytearray()
