@@ -135,7 +135,7 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor | None]:
     if x.dtype.kind not in "fiub" or x.ndim < 2 or x.shape[0] == 0:
         raise CLIError(f"inputs {x_key!r} in {str(path)!r} must be a numeric array of shape (N, ...) with N ≥ 1, "
                        f"got {x.dtype} of shape {x.shape}")
-    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    inputs = torch.from_numpy(_as_float32(x, f"inputs {x_key!r} in {str(path)!r}"))
     y_key = next((k for k in LABEL_KEYS if k in arrays), None)
     if y_key is None:
         return inputs, None
@@ -145,6 +145,20 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor | None]:
                        f"{x.shape[0]} inputs")
     labels = torch.from_numpy(np.ascontiguousarray(y.astype(np.int64) if y.dtype.kind in "iub" else y))
     return inputs, labels
+
+
+def _as_float32(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as contiguous float32, refusing finite values that the cast would make infinite (1e300 in float64)."""
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+        overflow = np.isinf(cast) & np.isfinite(x)
+        if overflow.any():
+            where = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise CLIError(f"{what} hold {int(overflow.sum())} value(s) beyond float32's range (±3.4e38), which "
+                           f"the models run in: {float(x[where]):.3g} at index {where} (sample {where[0]}) would "
+                           f"become infinite; rescale the data")
+    return cast
 
 
 def _batches(args: argparse.Namespace) -> tuple[list[Tensor], list[Tensor] | None]:
