@@ -6,7 +6,8 @@
 - Weights are checked against the model before loading, so a mismatch is reported in one line that names the
   keys and shapes, and the model is untouched when they do not fit.
 - Output is written to a temporary file in the target directory and renamed over the target, so a failure
-  never leaves a partial file behind.
+  never leaves a partial file behind; only a regular file that is not an input is ever replaced
+  (:mod:`bnlab.cli.paths`).
 
 Every problem a user can fix raises :class:`CheckpointError` (a ``ValueError``) with a one-line message.
 """
@@ -22,17 +23,22 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bnlab.cli.paths import OutputPathError, resolve_output
+
 __all__ = ["CheckpointError", "build_model", "check_output_path", "describe_error", "load_state_dict", "load_weights",
            "save_state_dict"]
 
 SAFETENSORS = ".safetensors"
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header: what torch.save writes
+GZIP_MAGIC = b"\x1f\x8b"
+_HEAD_BYTES = 64  # read to tell what a file that is not a checkpoint is
 #: Keys under which training scripts commonly nest the state_dict in a checkpoint dictionary.
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -120,17 +126,51 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             ) from None
         after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line]
         reason = _one_line(after[0] if after else (lines[-1] if lines else "unreadable"))[:200]
-        if _is_raw_pickle(file):
+        if _is_raw_pickle(file) and "truncated" not in reason:
             raise CheckpointError(
                 f"refusing to load {str(file)!r}: it is a pickle that the weights-only loader cannot read "
                 f"({reason}), not a state_dict saved by torch.save; unpickling it in full could run code. Save "
                 f"weights with torch.save(model.state_dict(), path) or as .safetensors"
             ) from None
-        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {reason}") from None
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {_why_unreadable(file, reason)}"
+                              ) from None
     except Exception as err:
-        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {type(err).__name__}: "
-                              f"{_one_line(str(err))[:200]}") from None
+        reason = f"{type(err).__name__}: {_one_line(str(err))[:200]}"
+        raise CheckpointError(f"cannot read {str(file)!r} as a PyTorch checkpoint: {_why_unreadable(file, reason)}"
+                              ) from None
     return _as_state_dict(loaded, file)
+
+
+def _why_unreadable(file: Path, reason: str) -> str:
+    """Why torch.load failed, from what the file is: empty, cut short, not a checkpoint at all, or ``reason``.
+
+    torch.save writes a zip archive, whose directory is at its end (so a cut-short file has none); before torch
+    1.6 it wrote a pickle (protocol 2 or later: it opens with the PROTO opcode). torch's own errors for other
+    files ("KeyError: 101", "OSError: [Errno 22]") say nothing of this.
+    """
+    with open(file, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    if not head:
+        return "the file is empty"
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(file):
+            return ("it is truncated: it starts as torch.save's zip archive but the archive's end is missing (an "
+                    "interrupted download, copy or save?)")
+        return reason
+    if head.startswith(pickle.PROTO):
+        cut_short = any(sign in reason for sign in ("truncated", "EOF", "unpack requires a buffer"))
+        return "it is truncated (the pickle of the old format ends early)" if cut_short else reason
+    return (f"it is not one: torch.save writes a zip archive (a pickle before torch 1.6), and this file starts "
+            f"with {_describe_head(head)}")
+
+
+def _describe_head(head: bytes) -> str:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip's signature (decompress it first)"
+    text = head.decode("utf-8", errors="replace")
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"text {_one_line(text)[:40]!r}"
+    return f"the bytes {head[:8].hex(' ')}"
 
 
 def _is_raw_pickle(file: Path) -> bool:
@@ -181,39 +221,74 @@ def load_weights(model: nn.Module, state_dict: dict[str, Tensor], source: str = 
     if problems:
         raise CheckpointError(f"{source} do not fit the model: {'; '.join(problems)}; check that --model builds "
                               f"the architecture the weights were saved from")
+    wrong_kind = [f"{k!r} is {_dtype(state_dict[k])} where the model has {_dtype(v)} ({why})"
+                  for k, v in expected.items() if (why := _kind_mismatch(state_dict[k].dtype, v.dtype))]
+    if wrong_kind:
+        shown = "; ".join(wrong_kind[:3]) + (f"; and {len(wrong_kind) - 3} more" if len(wrong_kind) > 3 else "")
+        raise CheckpointError(f"{source} hold tensors of the wrong kind for the model: {shown}; save the model's "
+                              f"own weights, torch.save(model.state_dict(), path)")
     try:
         model.load_state_dict(state_dict, strict=True)
     except Exception as err:
         raise CheckpointError(f"{source} do not fit the model: {_one_line(str(err))[:300]}") from None
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse an output path whose directory does not exist, before any work is done."""
-    out = Path(path)
-    if out.is_dir():
-        raise CheckpointError(f"--out {str(out)!r} is a directory; give a file name ending in .pt or .safetensors")
-    if not out.parent.is_dir():
-        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist")
-    # Checked before the work, so that a long fold or recalibration does not end in a failed write.
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise CheckpointError(f"cannot write {str(out)!r}: directory {str(out.parent)!r} is not writable")
-    return out
+def _dtype(tensor: Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _kind_mismatch(stored: torch.dtype, wanted: torch.dtype) -> str | None:
+    """Why a tensor of dtype ``stored`` must not be copied into one of dtype ``wanted``, or None if it may.
+
+    Within a kind (floating, complex, integer, bool) the copy only changes precision, as loading half-precision
+    weights into a float32 model does. Across kinds load_state_dict would convert silently and lose something.
+    """
+    def kind(dtype: torch.dtype) -> str:
+        if dtype.is_complex:
+            return "complex"
+        if dtype.is_floating_point:
+            return "floating"
+        return "bool" if dtype == torch.bool else "integer"
+
+    have, want = kind(stored), kind(wanted)
+    if have == want:
+        return None
+    if have == "complex":
+        return "loading would drop the imaginary part"
+    if want == "integer":
+        return "loading would truncate its values to integers"
+    return f"the model holds {want} values there; loading would convert the file's {have} ones silently"
+
+
+def check_output_path(path: str | os.PathLike[str],
+                      inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
+    """The regular file to write for ``--out path``, checked before any work (:func:`bnlab.cli.paths.resolve_output`).
+
+    ``inputs``: (option, path) of the files the command reads, which the output must not replace.
+    """
+    try:
+        return resolve_output(path, inputs=inputs)
+    except OutputPathError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike[str],
-                    metadata: dict[str, str] | None = None) -> Path:
+                    metadata: dict[str, str] | None = None,
+                    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
     """Write tensors to ``path`` (.safetensors, else torch.save) through a temporary file and a rename.
 
     ``metadata`` (strings) goes into a .safetensors header; torch's format has no place for it. The file gets the
-    permissions open() would give it. Any failure raises CheckpointError and leaves ``path`` as it was.
+    permissions open() would give it. ``path`` is checked again as :func:`check_output_path` does (it may have
+    changed during the work): only a regular file is replaced (a symlink's target), never one of ``inputs``.
+    Returns the file written. Any failure raises CheckpointError and leaves ``path`` as it was.
     """
-    out = check_output_path(path)
+    out = check_output_path(path, inputs)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}  # no shared storage
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
-        if out.suffix == SAFETENSORS:
+        if Path(path).suffix == SAFETENSORS:  # the format the user named, also through a symlink
             from safetensors.torch import save_file
             save_file(tensors, tmp, metadata=metadata)
         else:

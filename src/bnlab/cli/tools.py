@@ -135,7 +135,7 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor | None]:
     if x.dtype.kind not in "fiub" or x.ndim < 2 or x.shape[0] == 0:
         raise CLIError(f"inputs {x_key!r} in {str(path)!r} must be a numeric array of shape (N, ...) with N ≥ 1, "
                        f"got {x.dtype} of shape {x.shape}")
-    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    inputs = torch.from_numpy(_as_float32(x, f"inputs {x_key!r} in {str(path)!r}"))
     y_key = next((k for k in LABEL_KEYS if k in arrays), None)
     if y_key is None:
         return inputs, None
@@ -145,6 +145,20 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor | None]:
                        f"{x.shape[0]} inputs")
     labels = torch.from_numpy(np.ascontiguousarray(y.astype(np.int64) if y.dtype.kind in "iub" else y))
     return inputs, labels
+
+
+def _as_float32(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as contiguous float32, refusing finite values that the cast would make infinite (1e300 in float64)."""
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+        overflow = np.isinf(cast) & np.isfinite(x)
+        if overflow.any():
+            where = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise CLIError(f"{what} hold {int(overflow.sum())} value(s) beyond float32's range (±3.4e38), which "
+                           f"the models run in: {float(x[where]):.3g} at index {where} (sample {where[0]}) would "
+                           f"become infinite; rescale the data")
+    return cast
 
 
 def _batches(args: argparse.Namespace) -> tuple[list[Tensor], list[Tensor] | None]:
@@ -170,16 +184,22 @@ def _run(what: str, call: Any) -> Any:
         raise CLIError(f"{what} failed: {describe_error(err)}") from None
 
 
-def _save(state_dict: dict[str, Tensor], out: str, metadata: dict[str, str] | None = None) -> None:
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files a command reads, which its --out must not replace."""
+    data = args.data if args.data and args.data.endswith(".npz") else None
+    return [("--weights", args.weights), ("--data", data)]
+
+
+def _save(state_dict: dict[str, Tensor], args: argparse.Namespace, metadata: dict[str, str] | None = None) -> None:
     try:
-        save_state_dict(state_dict, out, metadata)
+        save_state_dict(state_dict, args.out, metadata, inputs=_inputs(args))
     except CheckpointError as err:
         raise CLIError(str(err)) from None
 
 
-def _checked_out(out: str) -> None:
+def _checked_out(args: argparse.Namespace) -> None:
     try:
-        check_output_path(out)
+        check_output_path(args.out, inputs=_inputs(args))
     except CheckpointError as err:
         raise CLIError(str(err)) from None
 
@@ -189,7 +209,7 @@ def _checked_out(out: str) -> None:
 def _fold(args: argparse.Namespace) -> int:
     from bnlab.tools.fold import fold_with_report
 
-    _checked_out(args.out)
+    _checked_out(args)
     model = _model(args)
     batches = _batches(args)[0] if args.data else []
     example = batches[0] if batches else None
@@ -210,7 +230,7 @@ def _fold(args: argparse.Namespace) -> int:
         report.append(f"max |folded − original| over {sum(b.shape[0] for b in batches)} inputs: {error:.3g}")
     recipe = _load_recipe(args, result, example)
     stored = {"folded": [list(pair) for pair in result.folded], "method": result.method, "load": recipe}
-    _save(result.model.state_dict(), args.out, {"bnlab.fold": json.dumps(stored)})
+    _save(result.model.state_dict(), args, {"bnlab.fold": json.dumps(stored)})
     print("\n".join(report))
     print(f"wrote {args.out}; it loads into {recipe}")
     return 0
@@ -267,11 +287,11 @@ def _load_recipe(args: argparse.Namespace, result: Folding, example: Tensor | No
 def _recalibrate(args: argparse.Namespace) -> int:
     from bnlab.tools.recalibrate import recalibrate
 
-    _checked_out(args.out)
+    _checked_out(args)
     model = _model(args)
     batches, _ = _batches(args)
     report = _run("recalibrate", lambda: recalibrate(model, batches, mode=args.mode))
-    _save(model.state_dict(), args.out)
+    _save(model.state_dict(), args)
     print(report)
     print(f"wrote {args.out}")
     return 0
