@@ -4,7 +4,8 @@ The public surface:
 
 - :mod:`bnlab.reference`: the paper's Algorithms 1 and 2 in plain torch ops;
 - :func:`bnlab.functional.batch_norm`: ``torch.nn.functional.batch_norm`` with a choice of backend;
-- :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules;
+- :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules, and
+  :class:`bnlab.LazyBatchNorm1d` / ``2d`` / ``3d`` that infer ``num_features`` and become them;
 - :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back (or freeze them);
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
@@ -14,7 +15,17 @@ The public surface:
 
 from bnlab import functional, fused, kernels, nn, ops, reference, tools
 from bnlab.kernels import BackendUnavailableError, available_backends
-from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
+from bnlab.nn import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+)
 from bnlab.tools import convert, doctor, fold, freeze, recalibrate
 
 __version__ = "0.1.0"
@@ -27,6 +38,9 @@ __all__ = [
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
     "FrozenBatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "__version__",
     "available_backends",
     "convert",
