@@ -44,6 +44,13 @@ EMPTY_BATCH_STRIDES = (
     "contiguous; issue 9 §3 drop-in gap",
 )
 
+#: torch skips its dtype check for an empty batch (a float64 batch of 0 samples through a float32 layer works).
+EMPTY_BATCH_DTYPE = (
+    frozenset({"reference", "cpu", "triton", "native", "native:contract"}),
+    "an empty batch of another dtype than the layer (float64 input, float32 parameters) raises in "
+    "bnlab/_checks.py where torch does no dtype check: issue 9 §3 (the core engineer's item)",
+)
+
 
 def expect_gap(request: pytest.FixtureRequest, gap: tuple[frozenset[str], str]) -> None:
     """Mark this test xfail (strict) from here on when its backend has ``gap``; call it just before the check."""
