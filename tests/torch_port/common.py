@@ -30,9 +30,9 @@ TORCH_LAZY_OF: dict[type[nn.Module], type[nn.Module]] = {
 #: takes) goes through a ``torch.autograd.Function`` without ``jvp`` or ``vmap``.
 FORWARD_AD_BACKENDS = frozenset({"native"})
 #: Backend ids whose *backward* cannot be vmapped (batched gradients, gradcheck's check_batched_grad) wherever
-#: batch statistics normalize (training, or eval without running statistics): the cpu backend's kernels read
-#: data pointers, which a batched tensor does not have.
-BATCHED_GRAD_GAPS = frozenset({"cpu"})
+#: batch statistics normalize (training, or eval without running statistics): the cpu and triton kernels read
+#: data pointers (through ctypes, or Triton's launcher), which a batched tensor does not have.
+BATCHED_GRAD_GAPS = frozenset({"cpu", "triton"})
 
 
 #: Drop-in gaps other than forward AD/vmap, found by the ports: (backend ids affected, reason). The fixes

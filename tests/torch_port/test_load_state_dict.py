@@ -107,7 +107,7 @@ def test_load_state_dict(backend: str) -> None:
 @pytest.mark.usefixtures("swap")
 @pytest.mark.parametrize("cls", [pytest.param(bnlab.BatchNorm2d, id="BatchNorm2d"),
                                  pytest.param(bnlab.nn.BatchNormAct2d, id="BatchNormAct2d")])
-def test_load_state_dict_BC(cls: type[nn.Module]) -> None:  # noqa: N802 - torch's name
+def test_load_state_dict_BC(cls: type[nn.Module]) -> None:
     # num_batches_tracked came with state_dict version 2: an older checkpoint (version 1, or no version) loads
     # with the count 0, a long tensor.
     bn = cls(3)
@@ -208,5 +208,5 @@ def test_load_state_dict_assign_shape_stride(backend: str) -> None:
     net2 = _Net(backend)
     net2.load_state_dict(state_dict, strict=False, assign=True)
     state_dict["fc1.weight"] = torch.randn(2, 4)
-    with pytest.raises(RuntimeError, match="size mismatch for fc1.weight: copying a param with shape"):
+    with pytest.raises(RuntimeError, match=r"size mismatch for fc1\.weight: copying a param with shape"):
         net2.load_state_dict(state_dict, strict=False, assign=True)

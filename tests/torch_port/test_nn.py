@@ -277,13 +277,14 @@ def test_fuse_module_eval_numerics(backend: str, mean_offset: float, var_scale: 
         bn_ref = bnlab.BatchNorm2d(6, affine=affine, backend=backend).double().eval()
         bn_ref.running_mean, bn_ref.running_var = running_mean.clone(), running_var.clone()
         y_ref = bn_ref(conv_ref(inputs))
+        what = "Conv+BN" if affine else "Conv+BN(non-affine)"
         torch.testing.assert_close(fuse_conv_bn_eval(conv_ref, bn_ref)(inputs), y_ref,
-                                   msg=lambda m: f"Conv+BN fusion results are off (affine={affine}): {m}")
+                                   msg=lambda m, what=what: f"{what} fusion results are off: {m}")
 
 
 # ------------------------------------------------------------------------------------------ TestNNDeviceType
 
-def test_BatchNorm_empty(backend: str, request: pytest.FixtureRequest) -> None:  # noqa: N802 - torch's name
+def test_BatchNorm_empty(backend: str, request: pytest.FixtureRequest) -> None:
     # _test_module_empty_input: an empty batch gives an empty output and zero gradients, statistics unchanged.
     # The layer stays float32 and the batch is float64, as in torch's test.
     require(backend, torch.float64)

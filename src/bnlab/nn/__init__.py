@@ -7,7 +7,7 @@ from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNor
 from bnlab.nn.lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d
 
 # Imported for its effect: torch's fusion, quantization and SyncBatchNorm tools learn bnlab's layers.
-from bnlab.nn import torch_integration  # noqa: E402,F401  # isort: skip
+from bnlab.nn import torch_integration  # noqa: F401  # isort: skip
 
 __all__ = [
     "BatchNorm1d",

@@ -82,10 +82,11 @@ def _refuse(module: nn.Module, tool: str, for_inference: bool) -> None:
 def _torch_twin(module: nn.Module) -> nn.Module:
     """A torch layer of the same family sharing ``module``'s parameters and buffers (bnlab layers only)."""
     torch_class = TORCH_CLASS_OF.get(type(module))
-    if torch_class is None:
+    if torch_class is None or not isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module
-    twin = torch_class(module.num_features, module.eps, module.momentum, module.affine,  # type: ignore[arg-type]
-                       module.track_running_stats, device="meta", bias=module.bias is not None)
+    # Built on the meta device: every tensor it would allocate is replaced by the bnlab layer's own.
+    twin = torch_class(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                       device="meta", bias=module.bias is not None)
     for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
         setattr(twin, name, tensor)
     return twin.train(module.training)
