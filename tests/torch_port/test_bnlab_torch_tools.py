@@ -209,8 +209,11 @@ def test_convert_sync_batchnorm_refuses_fused_and_switched_layers_and_changes_no
 def test_install_twice_wraps_once() -> None:
     torch_integration.install()
     assert fx_optimization.fuse is torch_integration.fx_fuse
-    original = torch.nn.utils.fusion.fuse_conv_bn_eval.__wrapped__  # type: ignore[attr-defined]
+    wrapper = torch.nn.utils.fusion.fuse_conv_bn_eval
+    original = wrapper.__wrapped__  # type: ignore[attr-defined]
+    assert wrapper.__module__ == torch_integration.__name__ and wrapper.__name__ == "fuse_conv_bn_eval"
     assert not hasattr(original, "__wrapped__") and original.__module__ == "torch.nn.utils.fusion"
+    assert nn.SyncBatchNorm.convert_sync_batchnorm.__func__.__wrapped__.__module__ == "torch.nn.modules.batchnorm"
     assert torch.nn.utils.fuse_conv_bn_eval is torch.nn.utils.fusion.fuse_conv_bn_eval
 
 

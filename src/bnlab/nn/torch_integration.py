@@ -192,8 +192,12 @@ _TORCH_FX_FUSE = fx_optimization.fuse
 
 # --- torch.nn.utils.fusion and SyncBatchNorm.convert_sync_batchnorm -----------------------------------------
 
+# The wrappers take torch's name and docstring but keep their own __module__, so a traceback says where they live.
+_WRAPPER_ASSIGNED = ("__name__", "__doc__")
+
+
 def _refusing_wrapper(torch_function: Callable[..., Any], tool: str) -> Callable[..., Any]:
-    @functools.wraps(torch_function)
+    @functools.wraps(torch_function, assigned=_WRAPPER_ASSIGNED)
     def wrapper(layer: nn.Module, bn: nn.Module, *args: Any, **kwargs: Any) -> Any:
         _refuse(bn, tool, for_inference=True)
         return torch_function(layer, bn, *args, **kwargs)
@@ -211,7 +215,8 @@ def _convert_sync_batchnorm(cls: type, module: nn.Module, process_group: Any = N
 
 
 _TORCH_CONVERT_SYNC = nn.SyncBatchNorm.convert_sync_batchnorm
-functools.update_wrapper(_convert_sync_batchnorm, _TORCH_CONVERT_SYNC.__func__)  # type: ignore[attr-defined]
+functools.update_wrapper(_convert_sync_batchnorm, _TORCH_CONVERT_SYNC.__func__,  # type: ignore[attr-defined]
+                         assigned=_WRAPPER_ASSIGNED)
 
 
 def install() -> None:
