@@ -4,7 +4,8 @@ The public surface:
 
 - :mod:`bnlab.reference`: the paper's Algorithms 1 and 2 in plain torch ops;
 - :func:`bnlab.functional.batch_norm`: ``torch.nn.functional.batch_norm`` with a choice of backend;
-- :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules;
+- :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules, and
+  :class:`bnlab.LazyBatchNorm1d` / ``2d`` / ``3d`` that infer ``num_features`` and become them;
 - :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back (or freeze them);
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
@@ -31,7 +32,8 @@ _NAMES = {
     "BackendUnavailableError": "bnlab.kernels",
     "available_backends": "bnlab.kernels",
     **{name: "bnlab.nn" for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FrozenBatchNorm1d",
-                                     "FrozenBatchNorm2d", "FrozenBatchNorm3d")},
+                                     "FrozenBatchNorm2d", "FrozenBatchNorm3d", "LazyBatchNorm1d",
+                                     "LazyBatchNorm2d", "LazyBatchNorm3d")},
     **{name: "bnlab.tools" for name in ("convert", "doctor", "fold", "freeze", "recalibrate")},
 }
 
@@ -43,6 +45,9 @@ __all__ = [  # the submodules and the names above
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
     "FrozenBatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "__version__",
     "available_backends",
     "convert",
@@ -71,6 +76,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         FrozenBatchNorm1d,
         FrozenBatchNorm2d,
         FrozenBatchNorm3d,
+        LazyBatchNorm1d,
+        LazyBatchNorm2d,
+        LazyBatchNorm3d,
     )
 
     # From their own modules: mypy takes ``from bnlab.tools import fold`` under TYPE_CHECKING for a second

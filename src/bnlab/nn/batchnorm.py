@@ -136,6 +136,12 @@ class _BackendMixin:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"  # type: ignore[misc]
 
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this on every submodule before compiling: say plainly what to use instead of
+        # failing deep inside TorchScript's compiler, which cannot follow the Python dispatch to a backend.
+        raise RuntimeError(f"torch.jit.script cannot compile bnlab's {type(self).__name__} (TorchScript is "
+                           f"deprecated and cannot run bnlab's backends); use torch.compile(model) instead")
+
 
 class BatchNorm1d(_BackendMixin, torch.nn.BatchNorm1d):
     """Batch norm over (N, C) or (N, C, L) input: statistics per feature C over N (and L).
