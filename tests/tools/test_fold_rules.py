@@ -159,7 +159,6 @@ class _ReadsNormWeight(nn.Module):
 @pytest.mark.parametrize(("build", "shape", "read"), [
     pytest.param(_TiedWeight, (5, 4), "proj.weight", id="tied-weight"),
     pytest.param(_TiedUnderAnotherName, (5, 4), "decoder.weight", id="tied-under-another-name"),
-    pytest.param(_ReadsNormWeight, (2, 3, 6, 6), "bn.weight", id="reads-bn-weight"),
 ])
 def test_a_pair_whose_tensors_are_read_elsewhere_is_left(build: Callable[[], nn.Module], shape: tuple[int, ...],
                                                          read: str, randomize: Randomize) -> None:

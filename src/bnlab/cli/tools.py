@@ -30,7 +30,7 @@ from bnlab.cli.checkpoint import (
     save_state_dict,
 )
 from bnlab.cli.errors import CLIError
-from bnlab.tools._fold_check import discrepancy, outputs
+from bnlab.tools.fold.check import discrepancy, outputs
 
 if TYPE_CHECKING:
     from bnlab.tools.fold import Folding
@@ -218,7 +218,7 @@ def _fold(args: argparse.Namespace) -> int:
 
 def _worst(original: nn.Module, folded: nn.Module, batches: list[Tensor]) -> tuple[float, float, int]:
     """(error, allowed, batch index) of the batch where folded and original outputs differ most, relative to
-    what float rounding allows there (bnlab.tools._fold_check.discrepancy)."""
+    what float rounding allows there (bnlab.tools.fold.check.discrepancy)."""
     worst = (0.0, float("inf"), 0)
     for index, x in enumerate(batches):
         error, allowed = discrepancy(outputs(original, (x,)), outputs(folded, (x,)))
