@@ -56,7 +56,7 @@ PATTERNS = [
 
 
 @pytest.mark.parametrize(("build", "shape"), PATTERNS)
-@pytest.mark.parametrize("method", ["fx", "sequential"])
+@pytest.mark.parametrize("method", ["fx", "modules", "export", "sequential"])
 def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str,
                                      randomize: Randomize) -> None:
     model = randomize(build())

@@ -46,8 +46,11 @@ def register(subparsers: Any) -> None:
                                              "bnlab.tools.fold(factory().eval()).")
     _common(fold, data_required=False, split="test", batch_size=64)
     fold.add_argument("--out", required=True, help="where to write the folded weights (.pt or .safetensors)")
-    fold.add_argument("--method", choices=("auto", "fx", "sequential"), default="auto",
-                      help="how to find conv/BN pairs (default: torch.fx, falling back to nn.Sequential neighbours)")
+    fold.add_argument("--method", choices=("auto", "fx", "modules", "export", "sequential"), default="auto",
+                      help="how to find conv/BN pairs (default: torch.fx on the whole model; where it cannot trace "
+                           "it, torch.export on the first batch of --data, else torch.fx module by module)")
+    fold.add_argument("--report", action="store_true",
+                      help="print a table with one row per batch norm: folded into which layer, or why it stays")
     fold.set_defaults(func=_fold)
 
     recal = subparsers.add_parser("recalibrate", help="recompute BN running statistics from data (Algorithm 2)",
@@ -196,9 +199,12 @@ def _fold(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _run("fold", lambda: fold_with_report(model, example_inputs=example, method=args.method))
-    report = [f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
-              + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none")]
-    report += [f"left {bn}: {reason}" for bn, reason in result.skipped]
+    if args.report:
+        report = [result.report()]
+    else:
+        report = [f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
+                  + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none")]
+        report += [f"left {bn}: {reason}" for bn, reason in result.skipped]
     # On the command line, the example inputs fold_with_report asks for are --data.
     report += [f"warning: {w.message}".replace("pass example_inputs", "pass --data") for w in caught]
     if batches:

@@ -11,8 +11,12 @@ keeps its class and its Python forward.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +36,25 @@ class Uncapturable(Exception):
     """torch.export could not capture the model on the example inputs; the message says why."""
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep what torch.export prints and logs while it fails (the graph so far, guard warnings) off the user's
+    terminal: its failure becomes a note in the fold's report instead."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def capture(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.export.ExportedProgram:
     """The model's computation on these inputs (non-strict export: the forward runs as Python)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # export's notes on deprecated internals are not the user's concern
+        with _quiet():
             return torch.export.export(root, args, kwargs, strict=False)
     except Exception as err:
         raise Uncapturable(f"torch.export cannot capture the model on example_inputs ({type(err).__name__}: "
@@ -93,10 +111,16 @@ def export_sites(program: torch.export.ExportedProgram, root: nn.Module) -> Capt
         return [n for n in group.nodes if any(group_of.get(u) is not group for u in n.users)]
 
     def tied(group: _Group) -> str | None:
-        """A parameter or buffer the group uses that the forward also reads elsewhere."""
+        """A parameter or buffer the group uses that the forward also reads elsewhere, by a name outside the
+        group's module where it has one (export names a shared tensor after either of its owners)."""
         for a in {a for n in group.nodes for a in n.all_input_nodes if a.op == "placeholder"}:
             if a.name in tensors and any(group_of.get(u) is not group for u in a.users):
-                return tensors[a.name]
+                tensor = root.get_parameter(tensors[a.name]) if a.name in signature.inputs_to_parameters \
+                    else root.get_buffer(tensors[a.name])
+                names = [n for n, t in (*root.named_parameters(remove_duplicate=False),
+                                        *root.named_buffers(remove_duplicate=False))
+                         if t is tensor and not n.startswith(f"{group.name}.")]
+                return (names or [tensors[a.name]])[0]
         return None
 
     def layer(group: _Group | None, handover: Node) -> tuple[Option | None, str | None]:
@@ -122,7 +146,7 @@ def export_sites(program: torch.export.ExportedProgram, root: nn.Module) -> Capt
         sites.append(site)
         ins = inputs(group)
         if calls[id(bn)] > 1:
-            site.blocked = f"the module is called {calls[id(bn)]} times in a forward"
+            site.blocked = "the module is called more than once in a forward"
             continue
         if len(ins) != 1:
             site.blocked = f"it takes {len(ins)} inputs (a residual?), not one"
@@ -146,7 +170,7 @@ def export_sites(program: torch.export.ExportedProgram, root: nn.Module) -> Capt
         option, reason = layer(consumer, out[0]) if out and consumer is not None else (None, None)
         if option is not None and consumer is not None:
             elsewhere = any(group_of.get(u) is not consumer for u in out[0].users)
-            if len(out) != 1 or inputs(consumer) != out or elsewhere:
+            if len(out) != 1 or elsewhere:
                 reason = "its output is also used elsewhere"
             else:
                 site.options.append(Option("before", option.name, option.layer))
