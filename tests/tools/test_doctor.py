@@ -58,6 +58,34 @@ def _non_finite() -> tuple[nn.Module, list[torch.Tensor]]:
     return model, _vectors()
 
 
+def _unconverged() -> tuple[nn.Module, list[torch.Tensor]]:
+    """Trained for 3 batches at momentum 0.1: 73% of the initial E[x] = 0, Var[x] = 1 is still in the averages."""
+    model = nn.Sequential(nn.BatchNorm1d(5)).train()
+    with torch.no_grad():
+        for batch in _vectors(96):
+            model(batch)
+    return model.eval(), _vectors(96)
+
+
+def _nan_in_batch_two() -> tuple[nn.Module, list[torch.Tensor]]:
+    batches = _vectors(96)
+    batches[1] = batches[1].clone()
+    batches[1][3, 2] = float("nan")
+    return _calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors(96)), batches
+
+
+class _Log(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)  # NaN for negative inputs: the model, not the data, makes them
+
+
+def _model_makes_nan() -> tuple[nn.Module, list[torch.Tensor]]:
+    positive = [b.abs() + 1 for b in _vectors(96)]
+    model = _calibrated(nn.Sequential(_Log(), nn.BatchNorm1d(5)), positive)
+    positive[2] = positive[2] - 100  # finite data, but the log of a negative number
+    return model, positive
+
+
 def _mismatch(shift: float) -> Callable[[], tuple[nn.Module, list[torch.Tensor]]]:
     return lambda: (_calibrated(nn.Sequential(nn.BatchNorm2d(3)), _images()), _images(shift=shift))
 
@@ -83,6 +111,9 @@ FINDINGS = [
                  "keras_momentum", "warning", "0", id="keras-momentum"),
     pytest.param(lambda: (_calibrated(_Reused(), _vectors()), _vectors()), "bn_reused", "warning", "bn",
                  id="reused-module"),
+    pytest.param(_unconverged, "stats_not_converged", "error", "0", id="not-converged"),
+    pytest.param(_nan_in_batch_two, "data_non_finite", "error", "", id="nan-in-the-data"),
+    pytest.param(_model_makes_nan, "activations_non_finite", "error", "1", id="nan-made-by-the-model"),
 ]
 
 
@@ -95,7 +126,8 @@ def test_each_finding_is_triggered_by_a_model_built_to_have_it(
     report = doctor(model, batches)
     assert [(f.code, f.severity, f.layer) for f in report.findings] == [(code, severity, layer)], report
     finding = report.findings[0]
-    assert finding.evidence and finding.fix and finding.message
+    assert finding.evidence and finding.fix and finding.message and finding.detail
+    assert finding.value is not None  # the number the grouped table shows
     assert all(isinstance(v, int | float | str) for v in finding.evidence.values())
     for key, value in model.state_dict().items():  # the doctor examines a copy
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True, msg=key)
@@ -173,7 +205,11 @@ def test_json_output() -> None:
     assert data["counts"] == {"error": 1, "warning": 0, "info": 0} and data["healthy"] is False
     (finding,) = data["findings"]
     assert finding["code"] == "stats_non_finite" and finding["evidence"]["nonfinite_var"] == 1
-    assert set(finding) == {"code", "severity", "layer", "message", "evidence", "fix"}
+    # The structure the JSON had stays; the summary, each finding's number and one-line evidence are added.
+    assert set(finding) == {"code", "severity", "layer", "message", "evidence", "fix", "detail", "value"}
+    assert set(data) == {"model", "layers", "batches", "samples", "findings", "effect", "notes", "counts",
+                         "healthy", "summary", "gaps"}
+    assert finding["value"] == 2 and data["summary"].startswith("1 problem(s): running statistics are NaN")
 
 
 def _strict_json(report: Report) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -68,6 +69,9 @@ def register(subparsers: Any) -> None:
                                             "eval mode and eval after recalibration.")
     _common(doc, data_required=True, split="test", batch_size=64)
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--html", metavar="OUT.html",
+                     help="also write the report as a self-contained HTML page with charts of the train/eval gap "
+                          "per layer and of the measured effect")
     doc.set_defaults(func=_doctor)
 
 
@@ -286,8 +290,35 @@ def _recalibrate(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from bnlab.tools.diagnosis import doctor
 
+    if args.html is not None:
+        _checked_page(args.html)
     model = _model(args)
     batches, labels = _batches(args)
     report = _run("doctor", lambda: doctor(model, batches, labels=labels))
+    if args.html is not None:
+        _write_page(report.to_html(), args.html)
     print(report.to_json() if args.json else report.to_text())
+    if args.html is not None and not args.json:
+        print(f"wrote {args.html}")
     return 0
+
+
+def _checked_page(path: str) -> None:
+    """Refuse, before any work, an --html path that is not a new or regular file in an existing directory."""
+    out = Path(path)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise CLIError(f"--html {path!r} exists and is not a regular file; give the name of a new .html file")
+    if not out.parent.is_dir():
+        raise CLIError(f"cannot write {path!r}: directory {str(out.parent)!r} does not exist")
+
+
+def _write_page(page: str, path: str) -> None:
+    """Write through a temporary file in the same directory and a rename: a failure leaves nothing behind."""
+    out = Path(path)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, out)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise CLIError(f"cannot write {path!r}: {err.strerror or err}") from None
