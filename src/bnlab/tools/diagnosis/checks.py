@@ -202,7 +202,10 @@ def statistics_mismatch(obs: LayerObservation, error: Tensor | None, unconverged
         "values_per_channel": obs.inputs.values,
     }
     weight = initial_weight(obs.module)
-    differs = "" if residual is None or weight is None or weight[2] < NOT_CONVERGED else (
+    # Said only where the unconverged average explains a good part of the gap: recalibrated statistics count
+    # their batches too, and their N says nothing about convergence.
+    partly = residual is not None and weight is not None and weight[2] >= NOT_CONVERGED and residual < 0.75 * level
+    differs = "" if not partly or residual is None or weight is None else (
         f"; the running averages have not converged ({weight[2]:.0%} of the initial values left), but even an "
         f"unconverged average of this data would be off by {residual:.2f}: this data differs from the data the "
         f"statistics were gathered on")

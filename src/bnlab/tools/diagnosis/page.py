@@ -110,7 +110,7 @@ def _gap_chart(gaps: tuple[LayerGap, ...]) -> str:
         color = COLORS["ok" if level < MISMATCH_WARNING else "warning" if level < MISMATCH_ERROR else "error"]
         items.append(f"<text x=\"{label_width - 6}\" y=\"{y + 12}\" text-anchor=\"end\">"
                      f"<title>{escape(gap.layer)}</title>{escape(_short(gap.layer or '(model)'))}</text>")
-        length = max(x(level) - label_width, 1.0)
+        length = max(x(level) - label_width, 3.0)  # a perfect layer still shows a sliver
         items.append(f"<rect class=\"gap\" x=\"{label_width}\" y=\"{y + 2}\" width=\"{length:.1f}\" "
                      f"height=\"{row - 5}\" fill=\"{color}\"><title>{escape(gap.layer)}: {level:.3f}σ (max "
                      f"{gap.error_max:.3f}σ)</title></rect>")
