@@ -243,3 +243,31 @@ def test_fold_after_and_fold_before_are_reachable_as_documented(randomize: Rando
         for part in name.split(".")[1:]:
             assert hasattr(value, part), f"docs/tools.md names {name}, which does not exist"
             value = getattr(value, part)
+
+
+class _BranchesOnData(nn.Module):
+    """Control flow on tensor values in its own forward: neither torch.fx nor torch.export can capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.block = _Block()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return self.block(y if y.sum() > 0 else -y)
+
+
+def test_when_export_fails_too_the_reasons_say_so(randomize: Randomize) -> None:
+    model = randomize(_BranchesOnData())
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(FoldFallbackWarning, match="torch.export could not capture it on example_inputs either"):
+        result = fold_with_report(model, example_inputs=x)
+    assert result.method == "modules" and result.folded == [("block.bn", "block.conv")]
+    assert dict(result.skipped)["bn"] == (
+        "called from code torch.fx cannot trace, in the forward of the model itself (_BranchesOnData: symbolically "
+        "traced variables cannot be used as inputs to control flow); torch.export could not capture it on "
+        "example_inputs either")
+    assert [n.split(" (")[0] for n in result.notes] == ["torch.fx cannot trace the model's own forward",
+                                                        "torch.export cannot capture the model on example_inputs",
+                                                        "torch.fx cannot trace the forward of the model itself"]

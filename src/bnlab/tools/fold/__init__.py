@@ -173,7 +173,7 @@ def _fold(root: nn.Module, ranks: Ranks, method: str, example: Example | None) -
             return _by_export(root, ranks, example, notes)
         except Uncapturable as err:
             notes.append(str(err))
-    result, untraced = _by_modules(root, ranks, notes)
+    result, untraced = _by_modules(root, ranks, notes, exported=method == "auto" and example is not None)
     if method == "auto" and untraced:
         unseen = ", ".join(repr(name) if name else "the model's own" for name in untraced)
         advice = ("; torch.export could not capture it on example_inputs either" if example is not None
@@ -209,8 +209,10 @@ def _by_export(root: nn.Module, ranks: Ranks, example: Example, notes: list[str]
                    "export", list(notes or []))
 
 
-def _by_modules(root: nn.Module, ranks: Ranks, notes: list[str]) -> tuple[Folding, list[str]]:
-    """Fold what torch.fx finds module by module; also the names of the modules whose own code it cannot trace."""
+def _by_modules(root: nn.Module, ranks: Ranks, notes: list[str], exported: bool = False) -> tuple[Folding, list[str]]:
+    """Fold what torch.fx finds module by module; also the names of the modules whose code no trace saw.
+
+    ``exported``: torch.export was tried on example inputs and failed (so the reasons do not ask for them)."""
     parts: Parts = trace_modules(root)
     calls: Counter[int] = Counter()
     for part in parts.parts:
@@ -235,13 +237,18 @@ def _by_modules(root: nn.Module, ranks: Ranks, notes: list[str]) -> tuple[Foldin
         if not owners:
             return "not called in any forward torch.fx traced"
         owner = max(owners, key=len)
-        where = f"{owner!r}" if owner else "the model itself"
-        return (f"called from code torch.fx cannot trace, in the forward of {where} ({parts.untraced[owner]}); "
-                f"pass example_inputs so that torch.export captures it")
+        advice = ("torch.export could not capture it on example_inputs either" if exported
+                  else "pass example_inputs so that torch.export captures it")
+        return (f"called from code torch.fx cannot trace, in the forward of {_module(owner)} "
+                f"({parts.untraced[owner]}); {advice}")
 
-    notes = notes + [f"torch.fx cannot trace the forward of {name!r} ({reason}): its children were traced one "
-                     f"by one" for name, reason in parts.untraced.items()]
+    notes = notes + [f"torch.fx cannot trace the forward of {_module(name)} ({reason}): its children were traced "
+                     f"one by one" for name, reason in parts.untraced.items()]
     return _finish(root, decision, {id(s.bn) for s in sites}, why, "modules", notes), parts.unseen
+
+
+def _module(name: str) -> str:
+    return repr(name) if name else "the model itself"
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
