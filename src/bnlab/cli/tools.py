@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,7 +31,7 @@ from bnlab.cli.checkpoint import (
     save_state_dict,
 )
 from bnlab.cli.errors import CLIError
-from bnlab.tools._fold_check import discrepancy, outputs
+from bnlab.tools.fold.check import discrepancy, outputs
 
 if TYPE_CHECKING:
     from bnlab.tools.fold import Folding
@@ -46,8 +47,11 @@ def register(subparsers: Any) -> None:
                                              "bnlab.tools.fold(factory().eval()).")
     _common(fold, data_required=False, split="test", batch_size=64)
     fold.add_argument("--out", required=True, help="where to write the folded weights (.pt or .safetensors)")
-    fold.add_argument("--method", choices=("auto", "fx", "sequential"), default="auto",
-                      help="how to find conv/BN pairs (default: torch.fx, falling back to nn.Sequential neighbours)")
+    fold.add_argument("--method", choices=("auto", "fx", "modules", "export", "sequential"), default="auto",
+                      help="how to find conv/BN pairs (default: torch.fx on the whole model; where it cannot trace "
+                           "it, torch.export on the first batch of --data, else torch.fx module by module)")
+    fold.add_argument("--report", action="store_true",
+                      help="print a table with one row per batch norm: folded into which layer, or why it stays")
     fold.set_defaults(func=_fold)
 
     recal = subparsers.add_parser("recalibrate", help="recompute BN running statistics from data (Algorithm 2)",
@@ -65,6 +69,9 @@ def register(subparsers: Any) -> None:
                                             "eval mode and eval after recalibration.")
     _common(doc, data_required=True, split="test", batch_size=64)
     doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--html", metavar="OUT.html",
+                     help="also write the report as a self-contained HTML page with charts of the train/eval gap "
+                          "per layer and of the measured effect")
     doc.set_defaults(func=_doctor)
 
 
@@ -216,9 +223,12 @@ def _fold(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _run("fold", lambda: fold_with_report(model, example_inputs=example, method=args.method))
-    report = [f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
-              + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none")]
-    report += [f"left {bn}: {reason}" for bn, reason in result.skipped]
+    if args.report:
+        report = [result.report()]
+    else:
+        report = [f"folded {len(result.folded)} batch-norm layer(s) ({result.method}): "
+                  + (", ".join(f"{bn} into {layer}" for bn, layer in result.folded) or "none")]
+        report += [f"left {bn}: {reason}" for bn, reason in result.skipped]
     # On the command line, the example inputs fold_with_report asks for are --data.
     report += [f"warning: {w.message}".replace("pass example_inputs", "pass --data") for w in caught]
     if batches:
@@ -238,7 +248,7 @@ def _fold(args: argparse.Namespace) -> int:
 
 def _worst(original: nn.Module, folded: nn.Module, batches: list[Tensor]) -> tuple[float, float, int]:
     """(error, allowed, batch index) of the batch where folded and original outputs differ most, relative to
-    what float rounding allows there (bnlab.tools._fold_check.discrepancy)."""
+    what float rounding allows there (bnlab.tools.fold.check.discrepancy)."""
     worst = (0.0, float("inf"), 0)
     for index, x in enumerate(batches):
         error, allowed = discrepancy(outputs(original, (x,)), outputs(folded, (x,)))
@@ -300,8 +310,35 @@ def _recalibrate(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from bnlab.tools.diagnosis import doctor
 
+    if args.html is not None:
+        _checked_page(args.html)
     model = _model(args)
     batches, labels = _batches(args)
     report = _run("doctor", lambda: doctor(model, batches, labels=labels))
+    if args.html is not None:
+        _write_page(report.to_html(), args.html)
     print(report.to_json() if args.json else report.to_text())
+    if args.html is not None and not args.json:
+        print(f"wrote {args.html}")
     return 0
+
+
+def _checked_page(path: str) -> None:
+    """Refuse, before any work, an --html path that is not a new or regular file in an existing directory."""
+    out = Path(path)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise CLIError(f"--html {path!r} exists and is not a regular file; give the name of a new .html file")
+    if not out.parent.is_dir():
+        raise CLIError(f"cannot write {path!r}: directory {str(out.parent)!r} does not exist")
+
+
+def _write_page(page: str, path: str) -> None:
+    """Write through a temporary file in the same directory and a rename: a failure leaves nothing behind."""
+    out = Path(path)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, out)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise CLIError(f"cannot write {path!r}: {err.strerror or err}") from None

@@ -29,10 +29,11 @@ def state_kept(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def outputs(model: nn.Module, args: tuple[Any, ...]) -> list[Tensor]:
-    """The tensors of ``model(*args)``, flattened out of nested tuples, lists and dicts; see :func:`state_kept`."""
+def outputs(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> list[Tensor]:
+    """The tensors of ``model(*args, **kwargs)``, flattened out of nested tuples, lists and dicts (a Hugging Face
+    ``ModelOutput`` is a dict); see :func:`state_kept`."""
     with state_kept(model):
-        return _tensors(model(*args))
+        return _tensors(model(*args, **(kwargs or {})))
 
 
 def _tensors(value: Any) -> list[Tensor]:
