@@ -12,7 +12,7 @@ The public surface:
 - :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
 """
 
-from bnlab import functional, fused, kernels, nn, ops, reference, tools
+from bnlab import functional, fused, init, kernels, nn, ops, reference, tools
 from bnlab.kernels import BackendUnavailableError, available_backends
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 from bnlab.tools import convert, doctor, fold, freeze, recalibrate
@@ -35,6 +35,7 @@ __all__ = [
     "freeze",
     "functional",
     "fused",
+    "init",
     "kernels",
     "nn",
     "ops",
