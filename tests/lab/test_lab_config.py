@@ -40,9 +40,9 @@ BAD = [
     pytest.param(["dataset=imagenet"], "dataset must be one of", id="unknown-dataset"),
     pytest.param(["unit=100"], "unit must be in 0..99", id="unit-out-of-range"),
     pytest.param(["lr=-0.1"], "must be positive", id="negative-lr"),
-    pytest.param(["lr=inf"], "must be finite", id="infinite-lr"),
-    pytest.param(["init_std=inf"], "must be finite", id="infinite-init-std"),
-    pytest.param(["lr=nan"], "must be positive", id="nan-lr"),
+    pytest.param(["lr=inf"], "lr takes a finite number, got 'inf'", id="infinite-lr"),
+    pytest.param(["init_std=inf"], "init_std takes a finite number", id="infinite-init-std"),
+    pytest.param(["lr=nan"], "lr takes a finite number", id="nan-lr"),
     pytest.param(["backend=cudnn"], "unknown batch-norm backend 'cudnn'", id="unknown-backend"),
 ]
 

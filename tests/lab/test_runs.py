@@ -88,7 +88,8 @@ def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) 
     (copy / "result.json").unlink()
     lines = (copy / "metrics.jsonl").read_text().splitlines()
     # Stopped in the middle of seed 1's BN network (after its evaluation at step 20), while writing a line.
-    first = next(i for i, line in enumerate(lines) if '"seed": 1' in line and '"model": "bn"' in line)
+    first = next(i for i, line in enumerate(lines)
+                 if '"kind": "eval"' in line and '"seed": 1' in line and '"model": "bn"' in line)
     (copy / "metrics.jsonl").write_text("\n".join(lines[: first + 2]) + "\n" + lines[first + 2][:25])
     build_report(copy)
     result = json.loads((copy / "result.json").read_text())
@@ -96,7 +97,7 @@ def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) 
     assert result["incomplete"] == "seed 1: bn stopped at step 20 of 60 (interrupted)"
     assert "Incomplete run" in (copy / "report.html").read_text()
 
-    baseline_only = [line for line in lines if '"model": "baseline"' in line]
+    baseline_only = [line for line in lines if '"model": "baseline"' in line and '"unit"' not in line]
     (copy / "metrics.jsonl").write_text("\n".join(baseline_only) + "\n")
     build_report(copy)
     result = json.loads((copy / "result.json").read_text())
