@@ -16,7 +16,7 @@ from bnlab.lab.report import build_report, write_index
 from bnlab.lab.runner import make_config, run_experiment
 
 RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "report.html")
-VERDICTS = {"reproduced", "not reproduced", "not judged"}
+VERDICTS = {"reproduced", "not reproduced", "not judged", "reported"}
 
 
 def figures_of(run_dir: Path) -> list[str]:

@@ -13,18 +13,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_band", "new_figure", "save"]
+__all__ = ["log_axis", "mean_band", "new_figure", "save"]
 
 
-def new_figure(ncols: int, width: float = 4.2, height: float = 3.4, nrows: int = 0, **subplots: Any) -> tuple[Any, Any]:
+def new_figure(ncols: int, width: float = 4.2, height: float = 3.4, nrows: int = 0, layout: str | None = "constrained",
+               **subplots: Any) -> tuple[Any, Any]:
     """A figure with ``ncols`` axes in one row, each ``width`` × ``height`` inches: (figure, axes array).
 
     With ``nrows`` (≥ 1), a grid of ``nrows`` × ``ncols`` axes instead, returned as a 2-d array; ``subplots`` go to
-    :meth:`matplotlib.figure.Figure.subplots` (``sharex``, ``sharey``).
+    :meth:`matplotlib.figure.Figure.subplots` (``sharex``, ``sharey``). ``layout=None`` skips matplotlib's
+    constrained layout, which costs seconds on a grid of many small axes (place them with ``subplots_adjust``).
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height * max(nrows, 1)), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * max(nrows, 1)), layout=layout)
     axes = fig.subplots(max(nrows, 1), ncols, squeeze=False, **subplots)
     return fig, (axes if nrows else axes[0])
 
@@ -49,3 +51,14 @@ def mean_band(ax: Any, x: np.ndarray, values: np.ndarray, **line: Any) -> None:
         std = values.std(axis=0, ddof=1)[keep]
         ax.fill_between(x[keep], mean[keep] - std, mean[keep] + std, color=line.get("color"), alpha=0.2,
                         linewidth=0)
+
+
+def log_axis(ax: Any, axis: str = "y", ticks: int = 6) -> None:
+    """A log scale with at most ``ticks`` labelled decades and no minor ticks: values spanning 20 decades otherwise
+    cost seconds of tick layout per axis."""
+    from matplotlib.ticker import LogLocator, NullLocator
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_locator(LogLocator(numticks=ticks))
+    target.set_minor_locator(NullLocator())

@@ -60,7 +60,8 @@ class RunContext:
         device: the ``torch.device`` to train on.
         log: writes one record (a JSON object) to ``metrics.jsonl`` at once; the runner adds ``point``.
         unit: which unit of work to do, one of the experiment's ``units(config)`` (``{}`` when it has one).
-        artifacts: the run's ``artifacts/`` folder, for arrays and weights too big for a record.
+        artifacts: the run's ``artifacts/`` folder (a sweep point's, in a sweep), for arrays and weights too big
+            for a record; ``plot`` finds it as ``Artifacts(out_dir)``.
         shared: the cache shared across runs (e.g. a reference classifier trained once).
         cache: an in-memory dict shared by the seeds and units of this run (e.g. the loaded data set).
         data_dir: where local data sets are looked for; progress: show progress bars (None: on a terminal).

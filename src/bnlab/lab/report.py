@@ -195,8 +195,8 @@ def _configuration(run: LoadedRun, env: dict[str, Any]) -> list[str]:
     defaults = config_to_dict(run.experiment.config_cls())
     rows = [[k, format_value(v), "" if defaults.get(k) == v else f"changed (default {format_value(defaults.get(k))})"]
             for k, v in config_to_dict(run.config).items()]
-    artifacts = run.run_dir / ARTIFACTS
-    extra = f", <code>{ARTIFACTS}/</code> ({len(list(artifacts.iterdir()))} files)" if artifacts.is_dir() else ""
+    count = sum(1 for p in run.run_dir.glob(f"**/{ARTIFACTS}/*") if p.is_file())
+    extra = f", <code>{ARTIFACTS}/</code> ({count} files)" if count else ""
     return ["<h2>Configuration</h2>", table(["setting", "value", ""], rows),
             "<h2>Environment</h2>", table(["", ""], [[k, v] for k, v in env.items()]),
             f"<p>Files: <code>{CONFIG}</code>, <code>{ENV}</code>, <code>{METRICS}</code>, <code>{RESULT}</code>"

@@ -47,7 +47,7 @@ from bnlab.lab.records import (
     write_json,
 )
 from bnlab.lab.registry import Experiment, RunContext, RunSetupError, Unit, get_experiment, json_key
-from bnlab.lab.report import build_report, record_checker, write_index
+from bnlab.lab.report import build_report, point_dir, record_checker, write_index
 from bnlab.lab.store import Artifacts, SharedCache
 from bnlab.lab.train import NonFiniteDataError
 
@@ -204,7 +204,6 @@ def _work(experiment: Experiment, meta: RunMeta, configs: Sequence[Any], run_dir
           fresh: bool) -> None:
     """Run every unit not in ``done``, then build the report; on an error, keep or remove the folder."""
     out_root = run_dir.parent.parent
-    artifacts = Artifacts(run_dir)
     shared = shared if shared is not None else SharedCache()
     measured = 0
     log = MetricsWriter(run_dir / METRICS)
@@ -226,6 +225,7 @@ def _work(experiment: Experiment, meta: RunMeta, configs: Sequence[Any], run_dir
                         log({"kind": "unit_start", "point": point, "seed": seed, "unit": unit})
                         engine.seed_everything(seed, meta.deterministic)
                         start = time.perf_counter()
+                        artifacts = Artifacts(point_dir(run_dir, point, len(configs)))
                         experiment.train(config, RunContext(seed=seed, device=device, log=point_log, unit=unit,
                                                             artifacts=artifacts, shared=shared, cache=cache,
                                                             data_dir=meta.data_dir, progress=progress))
