@@ -54,7 +54,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     """Read and check a run folder's ``config.json`` and ``metrics.jsonl`` (RunFilesError naming what is wrong)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/fig1/20250101-120000")
+        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/EXPERIMENT/20250101-120000")
     meta = RunMeta.read(run_dir)
     path = run_dir / CONFIG
     try:

@@ -260,7 +260,7 @@ def resume_run(run_dir: Path, *, progress: bool | None = None, command: str | No
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/fig1/20250101-120000")
+        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/EXPERIMENT/20250101-120000")
     meta = RunMeta.read(run_dir)
     try:
         experiment = get_experiment(meta.experiment)

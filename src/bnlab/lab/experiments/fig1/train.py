@@ -79,6 +79,9 @@ def _data(config: Fig1Config, device: torch.device, data_dir: str | None,
     key = f"fig1-data-{config.dataset}-{config.pixels}-{device}"
     if key not in cache:
         data = load_dataset(config.dataset, data_dir=data_dir)
+        # Checked before scaling: one NaN would turn the standardized set into NaN and hide where it was.
+        check_finite(data.x_train, f"the {config.dataset} training images")
+        check_finite(data.x_test, f"the {config.dataset} test images")
         x_train, x_test = prepare_pixels(data.x_train, data.x_test, config.pixels)
         cache[key] = (x_train.to(device), data.y_train.to(device), x_test.to(device), data.y_test.to(device),
                       data.num_classes)
@@ -104,7 +107,6 @@ def prepare(config: Fig1Config, device: torch.device, data_dir: str | None, cach
         raise RunSetupError(str(err)) from None
     try:
         x_train = _data(config, device, data_dir, cache)[0]
-        check_finite(x_train, f"the {config.dataset} training images")
     except ValueError as err:  # a corrupt or inconsistent file (a missing one is a FileNotFoundError)
         raise RunSetupError(str(err)) from None
     if config.batch_size > len(x_train):

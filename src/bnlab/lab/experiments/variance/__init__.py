@@ -10,13 +10,11 @@ Jacobian singular values. :mod:`~.config` → :mod:`~.nets` (the measurements) �
 
 from __future__ import annotations
 
-from bnlab.lab.experiments.variance.claims import headline, summarize
+from bnlab.lab.experiments.variance import claims, plots, train
 from bnlab.lab.experiments.variance.config import VarianceConfig, records, units
-from bnlab.lab.experiments.variance.plots import plot
-from bnlab.lab.experiments.variance.train import prepare, train
 from bnlab.lab.registry import Experiment
 
-__all__ = ["EXPERIMENT", "VarianceConfig"]
+__all__ = ["EXPERIMENT", "VarianceConfig", "claims", "plots", "train"]
 
 
 def _columns(config: VarianceConfig) -> dict[str, str]:
@@ -27,9 +25,9 @@ EXPERIMENT = Experiment(
     name="variance",
     summary="E4: vanishing/exploding signals at initialization by init × activation, with and without BN",
     config_cls=VarianceConfig,
-    train=train,
-    summarize=summarize,
-    plot=plot,
+    train=train.train,
+    summarize=claims.summarize,
+    plot=plots.plot,
     records=records,
     # The quick version keeps every network and claim and shrinks the batches: 250 rows instead of 1,000 (the
     # statistics are over 125,000 values per layer), the Jacobian check at width 500.
@@ -37,12 +35,12 @@ EXPERIMENT = Experiment(
     smoke={"dataset": "synthetic", "samples": 40, "width": 24, "depth": 4, "inits": ["normal-0.01", "he_normal"],
            "activations": ["tanh", "relu"], "selu_depth": 6, "jacobian_width": 16, "jacobian_depth": 3,
            "jacobian_samples": 2, "bins": 10},
-    prepare=prepare,
+    prepare=train.prepare,
     units=units,
     # One thread: on a 2-core machine shared with other jobs, a second intra-op thread made a unit 7× slower
     # (26.7 s against 3.8 s, measured while other test runs were busy; docs/experiments.md).
     threads=1,
     columns=_columns,
-    headline=headline,
+    headline=claims.headline,
     order=4,
 )

@@ -41,7 +41,7 @@ def _images(config: VarianceConfig, data_dir: str | None, cache: dict[str, Any])
         if len(x) < config.samples:
             raise RunSetupError(f"samples={config.samples:,} is more than the {len(x):,} training images of "
                                 f"{config.dataset}")
-        check_finite(x, f"the {config.dataset} training images")
+        check_finite(x, f"the {config.dataset} training images")  # before standardizing, which would spread a NaN
         cache[key] = ((x[: config.samples] - x.mean()) / x.std()).contiguous()
     return cache[key]  # type: ignore[no-any-return]
 
