@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -300,3 +301,39 @@ def test_report_of_files_of_the_wrong_shape_is_one_line(fig1_run: Path, tmp_path
         return
     err = one_line_error(capsys, ["report", str(run)])
     assert message in err and name in err
+
+
+def test_resume_after_ctrl_c_finishes_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real = experiments.get_experiment("fig1")
+    calls: list[tuple[int, str]] = []
+
+    def interrupted_in_seed_1(config: Any, ctx: Any) -> None:
+        calls.append((ctx.seed, ctx.unit["model"]))
+        if calls == [(0, "baseline"), (0, "bn"), (1, "baseline")]:
+            raise KeyboardInterrupt
+        real.train(config, ctx)
+
+    with_train(monkeypatch, interrupted_in_seed_1)
+    assert main(["run", "fig1", *SMOKE, "--seeds", "0", "1", "--out", str(tmp_path)]) == 130
+    (run_dir,) = (tmp_path / "fig1").iterdir()
+    assert f"bnlab resume {run_dir}" in capsys.readouterr().err
+    assert main(["resume", str(run_dir)]) == 0
+    assert calls[3:] == [(1, "baseline"), (1, "bn")]  # only the units not done
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["complete"] and result["summary"]["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("what", ["missing", "empty"])
+def test_resume_of_a_folder_that_is_not_a_run(what: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "nothing"
+    if what == "empty":
+        target.mkdir()
+    one_line_error(capsys, ["resume", str(target)])
+
+
+def test_list_shows_every_experiment_with_its_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in experiments.experiment_names():
+        assert re.search(rf"^{name} .*\(\d+ threads?\)$", out, re.MULTILINE)

@@ -17,7 +17,7 @@ from bnlab.lab.html import claims_table, esc, figure, page, table
 from bnlab.lab.index import write_index
 from bnlab.lab.records import CONFIG, ENV, METRICS, REPORT, RESULT, RunFilesError, RunMeta, check_env, read_json
 from bnlab.lab.records import read_metrics, write_json
-from bnlab.lab.registry import Experiment, Figure, get_experiment
+from bnlab.lab.registry import Experiment, Figure, get_experiment, json_key
 from bnlab.lab.result import PointResult, Result, ResultShapeError, Table
 from bnlab.lab.schema import RUNNER_RECORDS, why_wrong
 from bnlab.lab.store import ARTIFACTS
@@ -75,15 +75,38 @@ def _point_records(records: list[dict[str, Any]], point: int) -> list[dict[str, 
     return [r for r in records if r.get("point", 0) == point or r["kind"] == "plan"]
 
 
+def _unfinished(run: LoadedRun, point: int) -> list[str]:
+    """The planned units of work of ``point`` without a ``unit_done`` record."""
+    done = {json_key((r["seed"], r["unit"])) for r in run.records if r["kind"] == "unit_done" and r["point"] == point}
+    return [f"seed {seed} {format_unit(unit)}" for seed in run.meta.seeds
+            for unit in run.experiment.unit_list(run.configs[point]) if json_key((seed, unit)) not in done]
+
+
+def format_unit(unit: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {format_value(v)}" for k, v in unit.items()) or "(the whole run)"
+
+
+def _summarize_point(run: LoadedRun, point: int) -> Result:
+    """The experiment's summary of one point; marked incomplete when a planned unit did not finish and the
+    experiment's own account does not already say so."""
+    result = run.experiment.summarize(run.configs[point], _point_records(run.records, point))
+    missing = _unfinished(run, point)
+    if missing and result.complete:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+        result = dataclasses.replace(result, complete=False, incomplete=f"{len(missing)} unit(s) of work did not "
+                                                                        f"finish: {shown}")
+    return result
+
+
 def summarize_run(run: LoadedRun) -> Result:
     """The run's result: the experiment's summary, or for a sweep one per point and a table of the points."""
     exp = run.experiment
     if len(run.configs) == 1:
-        return exp.summarize(run.config, run.records)
+        return _summarize_point(run, 0)
     points, errors = [], []
-    for p, (settings, config) in enumerate(zip(run.meta.grid, run.configs, strict=True)):
+    for p, settings in enumerate(run.meta.grid):
         try:
-            result = exp.summarize(config, _point_records(run.records, p))
+            result = _summarize_point(run, p)
         except ValueError as err:
             errors.append(str(err))
             result = Result(exp.name, exp.summary, claims=[], complete=False, incomplete=f"not measured: {err}")

@@ -73,6 +73,8 @@ class Table:
     note: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", list(self.columns))  # any sequence in, lists out: equal after JSON
+        object.__setattr__(self, "rows", [list(r) for r in self.rows])
         for i, row in enumerate(self.rows):
             if len(row) != len(self.columns):
                 raise ValueError(f"table {self.title!r}: row {i} has {len(row)} cells for {len(self.columns)} "
@@ -124,6 +126,11 @@ class Result:
     complete: bool = True
     incomplete: str | None = None
     points: Sequence[PointResult] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("claims", "tables", "points"):  # any sequence in, lists out: equal after a JSON round trip
+            object.__setattr__(self, name, list(getattr(self, name)))
+        object.__setattr__(self, "summary", dict(self.summary))
 
     def verdict_counts(self) -> dict[str, int]:
         """How many claims have each verdict (over the points, for a sweep)."""
