@@ -46,7 +46,7 @@ def assert_variance(w: torch.Tensor, expected: float, distribution: str) -> None
 
 
 def test_truncation_constant_is_the_truncated_normal_std() -> None:
-    assert init.TRUNCATED_NORMAL_STD == pytest.approx(math.sqrt(truncated_moments()[0]), abs=1e-15)
+    assert pytest.approx(math.sqrt(truncated_moments()[0]), abs=1e-15) == init.TRUNCATED_NORMAL_STD
 
 
 KERAS = [

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from bnlab.lab.experiments.fig1 import claims as fig1_claims
 from bnlab.lab.experiments.fig1 import Fig1Config
+from bnlab.lab.experiments.fig1 import claims as fig1_claims
+
 
 def summarize(config: Fig1Config, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """The result in its JSON form (what result.json holds)."""

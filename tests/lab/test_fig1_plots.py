@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bnlab.lab.experiments.fig1 import plots as fig1_plots
 from bnlab.lab.experiments.fig1 import Fig1Config
+from bnlab.lab.experiments.fig1 import plots as fig1_plots
 from bnlab.lab.records import read_metrics
 from bnlab.lab.registry import get_experiment
 from bnlab.lab.result import Result

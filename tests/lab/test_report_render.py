@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.chromium import check_report
-
 from bnlab.lab.experiments.fig1.plots import COLORS
+from lab.chromium import check_report
 
 
 def test_report_renders_with_figures_and_verdicts(fig1_run: Path, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lab.toy import with_toy
 
 from bnlab.lab.runner import make_config, run_experiment
 from bnlab.lab.store import CACHE_ENV, Artifacts, SharedCache, default_cache_dir
+from lab.toy import with_toy
 
 
 def test_arrays_and_torch_objects_round_trip(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_names_stay_inside_the_folder(tmp_path: Path, name: str) -> None:
 
 def test_missing_and_damaged_artifacts(tmp_path: Path) -> None:
     store = Artifacts(tmp_path)
-    with pytest.raises(FileNotFoundError, match="hist.npz is missing"):
+    with pytest.raises(FileNotFoundError, match=r"hist\.npz is missing"):
         store.load_arrays("hist")
     store.folder.mkdir()
     (store.folder / "hist.npz").write_bytes(b"not a zip")

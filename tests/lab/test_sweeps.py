@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from lab.toy import CALLS, with_toy
 
 from bnlab.lab.config import ConfigError
 from bnlab.lab.records import RunFilesError, read_metrics
 from bnlab.lab.registry import Experiment, RunSetupError
 from bnlab.lab.report import build_report
 from bnlab.lab.runner import make_config, parse_grid, resume_run, run_experiment
+from lab.toy import CALLS, with_toy
 
 
 def values(run_dir: Path) -> list[tuple[int, int, str, float]]:
@@ -122,7 +122,8 @@ def test_resume_refuses_what_it_cannot_continue(monkeypatch: pytest.MonkeyPatch,
 def test_an_interrupted_sweep_is_judged_on_what_finished(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cutting = interrupt_after(monkeypatch, 2)  # point 1 never finishes a unit
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(cutting, make_config(cutting), out_root=tmp_path, device="cpu", grid=[{"scale": 1.0}, {"scale": 2.0}])
+        run_experiment(cutting, make_config(cutting), out_root=tmp_path, device="cpu",
+                       grid=[{"scale": 1.0}, {"scale": 2.0}])
     (run,) = (tmp_path / "toy").iterdir()
     build_report(run)
     result = json.loads((run / "result.json").read_text())

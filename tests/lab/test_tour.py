@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.chromium import BADGE_COLORS, pixels_of, render
-from lab.toy import with_toy
 
 from bnlab.cli import main
 from bnlab.lab import registry
+from lab.chromium import BADGE_COLORS, pixels_of, render
+from lab.toy import with_toy
 
 INSTALL = "Fashion-MNIST not found; install it with `apt-get install dataset-fashion-mnist`"
 

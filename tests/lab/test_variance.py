@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lab.chromium import check_report
-from tolerances import assert_as_accurate_as_torch
 
 from bnlab.lab.experiments.variance import VarianceConfig, claims
 from bnlab.lab.experiments.variance.config import records as record_schema
@@ -19,6 +17,8 @@ from bnlab.lab.experiments.variance.config import units
 from bnlab.lab.experiments.variance.nets import jacobian_singular_values, measure, network_weights
 from bnlab.lab.experiments.variance.plots import GRAD_COLOR, HIST_COLOR
 from bnlab.lab.schema import why_wrong
+from lab.chromium import check_report
+from tolerances import assert_as_accurate_as_torch
 
 ACTS = {"tanh": torch.tanh, "relu": torch.relu, "selu": torch.selu}
 

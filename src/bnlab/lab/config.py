@@ -214,7 +214,7 @@ def apply_overrides(config: C, overrides: Mapping[str, Any] | Iterable[str]) -> 
     module docstring says). The new configuration's own checks run too. Raises :class:`ConfigError` for an
     unknown key, a value of the wrong type or shape, or a value the configuration rejects.
     """
-    types_ = field_types(type(config))
+    types_ = field_types(type(config))  # type: ignore[arg-type]  # a class is hashable
     if isinstance(overrides, Mapping):
         pairs = [(k, v, False) for k, v in overrides.items()]
     else:

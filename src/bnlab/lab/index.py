@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from bnlab.lab.config import ConfigError, config_from_dict
 from bnlab.lab.html import esc, page
@@ -23,7 +24,7 @@ def _index_row(run_dir: Path) -> str:
     settings = ""
     try:
         experiment = get_experiment(meta.experiment)
-        config = config_from_dict(experiment.config_cls, meta.config)
+        config: Any = config_from_dict(experiment.config_cls, meta.config)
         settings = " · ".join(f"{k} {v}" for k, v in experiment.columns(config).items())
     except (ValueError, ConfigError):
         pass  # an experiment this version does not know: listed without its settings

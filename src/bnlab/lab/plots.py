@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["log_axis", "mean_band", "new_figure", "save"]
 
 
-def new_figure(ncols: int, width: float = 4.2, height: float = 3.4, nrows: int = 0, layout: str | None = "constrained",
+def new_figure(ncols: int, width: float = 4.2, height: float = 3.4, nrows: int = 0, layout: Any = "constrained",
                **subplots: Any) -> tuple[Any, Any]:
     """A figure with ``ncols`` axes in one row, each ``width`` × ``height`` inches: (figure, axes array).
 

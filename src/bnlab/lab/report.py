@@ -15,8 +15,19 @@ from typing import Any
 from bnlab.lab.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, format_value
 from bnlab.lab.html import claims_table, esc, figure, page, table
 from bnlab.lab.index import write_index
-from bnlab.lab.records import CONFIG, ENV, METRICS, REPORT, RESULT, RunFilesError, RunMeta, check_env, read_json
-from bnlab.lab.records import read_metrics, write_json
+from bnlab.lab.records import (
+    CONFIG,
+    ENV,
+    METRICS,
+    REPORT,
+    RESULT,
+    RunFilesError,
+    RunMeta,
+    check_env,
+    read_json,
+    read_metrics,
+    write_json,
+)
 from bnlab.lab.registry import Experiment, Figure, get_experiment, json_key
 from bnlab.lab.result import PointResult, Result, ResultShapeError, Table
 from bnlab.lab.schema import RUNNER_RECORDS, why_wrong
@@ -54,7 +65,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     """Read and check a run folder's ``config.json`` and ``metrics.jsonl`` (RunFilesError naming what is wrong)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/EXPERIMENT/20250101-120000")
+        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. "
+                            f"runs/EXPERIMENT/20250101-120000")
     meta = RunMeta.read(run_dir)
     path = run_dir / CONFIG
     try:
@@ -62,7 +74,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     except ValueError as err:
         raise RunFilesError(f"{path}: {err}") from None
     try:
-        config = config_from_dict(experiment.config_cls, meta.config)
+        config: Any = config_from_dict(experiment.config_cls, meta.config)
         configs = [apply_overrides(config, point) for point in meta.grid]
     except ConfigError as err:
         raise RunFilesError(f"{path} does not fit this version of bnlab: {err}") from None

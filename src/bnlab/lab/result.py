@@ -10,13 +10,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-__all__ = ["JUDGED", "VERDICTS", "Claim", "PointResult", "Result", "ResultShapeError", "Table", "Verdict"]
+__all__ = ["JUDGED", "VERDICTS", "Claim", "PointResult", "Result", "ResultShapeError", "Table", "Verdict", "judged"]
 
 Verdict = Literal["reproduced", "not reproduced", "not judged", "reported"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 # "reported": a measurement the paper's text makes, shown with this run's numbers but without a threshold
 # (a "report, do not require" item of docs/experiments.md); it counts neither way.
 JUDGED = ("reproduced", "not reproduced")
+
+
+def judged(holds: bool) -> Verdict:
+    """"reproduced" when the claim holds by this run's numbers, else "not reproduced"."""
+    return "reproduced" if holds else "not reproduced"
 
 
 class ResultShapeError(ValueError):

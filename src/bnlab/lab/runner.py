@@ -51,7 +51,8 @@ from bnlab.lab.report import build_report, point_dir, record_checker, write_inde
 from bnlab.lab.store import Artifacts, SharedCache
 from bnlab.lab.train import NonFiniteDataError
 
-__all__ = ["GRID_SEPARATOR", "check_seeds", "check_threads", "make_config", "parse_grid", "resume_run", "run_experiment"]
+__all__ = ["GRID_SEPARATOR", "check_seeds", "check_threads", "make_config", "parse_grid", "resume_run",
+           "run_experiment"]
 
 GRID_SEPARATOR = "/"  # between the values of a sequence-valued setting in --grid (commas separate its items)
 
@@ -177,9 +178,9 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
         check_out_root(out_root)
     except ValueError as err:
         raise RunSetupError(str(err)) from None
-    grid = [dict(p) for p in grid] if grid else [{}]
-    configs = _point_configs(experiment, config, grid)
-    meta = RunMeta(experiment=experiment.name, config=config_to_dict(config), seeds=seeds, grid=grid, quick=quick,
+    points: list[dict[str, Any]] = [dict(p) for p in grid] if grid else [{}]
+    configs = _point_configs(experiment, config, points)
+    meta = RunMeta(experiment=experiment.name, config=config_to_dict(config), seeds=seeds, grid=points, quick=quick,
                    quick_settings=({k: config_to_dict(config)[k] for k in experiment.quick} if quick else {}),
                    device=str(torch_device), data_dir=data_dir, deterministic=deterministic, threads=threads)
     cache: dict[str, Any] = {}
@@ -260,11 +261,12 @@ def resume_run(run_dir: Path, *, progress: bool | None = None, command: str | No
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. runs/EXPERIMENT/20250101-120000")
+        raise RunFilesError(f"{run_dir} is not a folder; give the folder of a run, e.g. "
+                            f"runs/EXPERIMENT/20250101-120000")
     meta = RunMeta.read(run_dir)
     try:
         experiment = get_experiment(meta.experiment)
-        config = config_from_dict(experiment.config_cls, meta.config)
+        config: Any = config_from_dict(experiment.config_cls, meta.config)
     except ValueError as err:
         raise RunFilesError(f"{run_dir / CONFIG}: {err}") from None
     configs = _point_configs(experiment, config, meta.grid)

@@ -55,7 +55,7 @@ class Artifacts:
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> Path:
         """Write ``name.npz`` holding ``arrays`` (numeric NumPy arrays)."""
-        return _atomic(self.path(name, ".npz"), lambda f: np.savez_compressed(f, **arrays))
+        return _atomic(self.path(name, ".npz"), lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of ``name.npz``; FileNotFoundError when missing, ValueError when damaged."""

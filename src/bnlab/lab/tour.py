@@ -94,7 +94,7 @@ def write_tour_page(out_root: Path, entries: Sequence[TourEntry], seconds: float
             + '<p class="note">Verdicts: <span class="verdict ok">reproduced</span> '
               '<span class="verdict fail">not reproduced</span> <span class="verdict skip">not judged</span> '
               '<span class="verdict info">reported</span> (a measurement shown without a threshold). '
-              f'All runs: <a href="index.html">index.html</a>.</p>')
+              'All runs: <a href="index.html">index.html</a>.</p>')
     out_root.mkdir(parents=True, exist_ok=True)
     path = out_root / TOUR
     path.write_text(page("bnlab tour", body), encoding="utf-8")

@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.fig1.config import CLAIM_STEPS, MODELS, PERCENTILES, Fig1Config, eval_steps
-from bnlab.lab.result import Claim, Result, Table
+from bnlab.lab.result import Claim, Result, Table, Verdict, judged
 
-__all__ = ["ACCURACY_MARGIN", "Curves", "JudgedSeeds", "curves", "drift_window", "headline", "judged_seeds", "summarize",
+__all__ = ["ACCURACY_MARGIN", "Curves", "JudgedSeeds", "curves", "drift_window", "headline", "judged_seeds",
+           "summarize",
            "unit_drift"]
 
 ACCURACY_MARGIN = 0.002  # claim (2): "at least as accurate", within this much accuracy (0.2 points)
-NOT_JUDGED = "not judged"
+NOT_JUDGED: Verdict = "not judged"
 MIN_DRIFT_EVALUATIONS = 2  # a range needs two evaluations in the window
 
 
@@ -197,8 +198,8 @@ def summarize(config: Fig1Config, records: list[dict[str, Any]]) -> Result:
         "diverged": sorted(f"{r['model']} (seed {r['seed']})" for r in ends if r.get("diverged")),
         "train_seconds": seconds,
     }
-    common = {"experiment": "fig1", "title": TITLE, "complete": not seeds.left_out,
-              "incomplete": seeds.describe() or None}
+    common: dict[str, Any] = {"experiment": "fig1", "title": TITLE, "complete": not seeds.left_out,
+                              "incomplete": seeds.describe() or None}
     if not seeds.judged:
         why = f"no seed where {' and '.join(config.models)} finished ({seeds.describe()})."
         c = curves(records)
@@ -216,7 +217,8 @@ def summarize(config: Fig1Config, records: list[dict[str, Any]]) -> Result:
     summary["final_accuracy_spread"] = {m: _at(c[m], final)[1] for m in config.models}
     summary["accuracy_at"] = {str(s): {m: _at(c[m], s)[0] for m in config.models}
                               for s in CLAIM_STEPS if s in c[config.models[0]].steps}
-    accuracy = Table("Test accuracy (mean ± std over seeds)" if several else "Test accuracy", ["step", "baseline", "BN"],
+    accuracy = Table("Test accuracy (mean ± std over seeds)" if several else "Test accuracy",
+                     ["step", "baseline", "BN"],
                      [[f"{s:,}", _cell(c.get("baseline"), s), _cell(c.get("bn"), s)]
                       for s in _table_steps(list(c[config.models[0]].steps))])
     if set(config.models) != set(MODELS):
@@ -297,13 +299,13 @@ def _claim_faster(base: Curves, bn: Curves, final: int, base_final: float) -> Cl
     ok &= reach is not None and reach <= half
     where = f"at step {reach:,}" if reach is not None else "never"
     parts.append(f"BN reached the baseline's final {_pct(base_final)} {where} (at most {half:,} needed)")
-    return Claim(statement, "reproduced" if ok else "not reproduced", "; ".join(parts) + ".")
+    return Claim(statement, judged(ok), "; ".join(parts) + ".")
 
 
 def _claim_accuracy(base_final: tuple[float, float | None], bn_final: tuple[float, float | None]) -> Claim:
     ok = bn_final[0] >= base_final[0] - ACCURACY_MARGIN
     diff = 100 * (bn_final[0] - base_final[0])
-    return Claim(statements()["accuracy"], "reproduced" if ok else "not reproduced",
+    return Claim(statements()["accuracy"], judged(ok),
                  f"final test accuracy BN {_pct(*bn_final)} vs baseline {_pct(*base_final)} "
                  f"({diff:+.2f} points; at least {-100 * ACCURACY_MARGIN:.2f} needed).")
 
@@ -321,7 +323,7 @@ def _claim_stability(base: Curves, bn: Curves) -> Claim:
     share = float(np.mean(drift_bn < drift_base))
     ok = med_bn < med_base and share > 0.5
     ratio = f"ratio {med_bn / med_base:.2f}" if med_base > 0 else "no ratio: the baseline does not drift"
-    return Claim(statement, "reproduced" if ok else "not reproduced",
+    return Claim(statement, judged(ok),
                  f"median drift over {len(drift_base)} units: BN {med_bn:.3f} vs baseline {med_base:.3f} "
                  f"({ratio}); BN drifts less in {100 * share:.0f}% of the units (the claim needs "
                  f"a lower median and more than half the units).")

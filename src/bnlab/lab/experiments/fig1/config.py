@@ -13,15 +13,14 @@ from bnlab.lab.schema import RecordSchema
 __all__ = ["CLAIM_STEPS", "MAX_EVALUATIONS", "MAX_STEPS", "MODELS", "PERCENTILES", "PIXELS", "Fig1Config",
            "eval_steps", "records"]
 
-MODELS = ("baseline", "bn")
+Model = Literal["baseline", "bn"]
+MODELS: tuple[Model, ...] = ("baseline", "bn")
 PERCENTILES = (15, 50, 85)
 PIXELS = ("unit", "centered", "standardized")
 CLAIM_STEPS = (1000, 2000)  # claim (1) compares the accuracies after these steps
 MAX_STEPS = 100_000_000  # days of training on a CPU; more is a typo, and would overflow the schedule
 MAX_EVALUATIONS = 20_000  # each writes a record of 3 × hidden percentiles: 20,000 is about 100 MB at hidden 100
 MAX_HIDDEN = 4096
-
-Model = Literal["baseline", "bn"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ EXPERIMENTS.md §5.D's proposals, fixed before any run (docs/experiments.md).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.variance.config import INIT_LABELS, VarianceConfig
-from bnlab.lab.result import Claim, Result, Table
+from bnlab.lab.result import Claim, Result, Table, judged
 
 __all__ = ["TITLE", "headline", "layer_records", "summarize"]
 
@@ -78,7 +79,7 @@ def _claim(statement: str, need: str, parts: Sequence[tuple[str, tuple[bool, lis
         return Claim(statement, "not judged", f"the run did not measure {', '.join(missing)} ({need}).")
     holds = all(part[0] for _, part in parts if part is not None)
     evidence = "; ".join(f"{label}: {', '.join(part[1])}" for label, part in parts if part is not None)
-    return Claim(statement, "reproduced" if holds else "not reproduced", f"{evidence} ({threshold}).")
+    return Claim(statement, judged(holds), f"{evidence} ({threshold}).")
 
 
 def _claims(config: VarianceConfig, nets: dict[Key, dict[str, Any]], records: Sequence[dict[str, Any]]) -> list[Claim]:
@@ -126,7 +127,7 @@ def _layer_variance_ratio(record: dict[str, Any]) -> float | None:
     stds = record["h_std"]
     if any(s is None or s == 0 for s in stds):
         return None
-    return float(np.mean([(b / a) ** 2 for a, b in zip(stds[:-1], stds[1:], strict=True)]))
+    return float(np.mean([(b / a) ** 2 for a, b in itertools.pairwise(stds)]))
 
 
 def _claim_selu(config: VarianceConfig, records: Sequence[dict[str, Any]]) -> Claim:
@@ -143,7 +144,7 @@ def _claim_selu(config: VarianceConfig, records: Sequence[dict[str, Any]]) -> Cl
         holds &= ok
         texts.append(f"{_input_name(config, r['input'])}, seed {r['seed']}: std {min(stds):.3f}..{max(stds):.3f}, "
                      f"|mean| at most {max(means):.3f}")
-    return Claim(statement, "reproduced" if holds else "not reproduced",
+    return Claim(statement, judged(holds),
                  "; ".join(texts) + f" (std within [{SELU_STD[0]:g}, {SELU_STD[1]:g}] and |mean| ≤ {SELU_MEAN:g} "
                                     f"at every layer needed).")
 
@@ -187,7 +188,7 @@ def _claim_jacobian(config: VarianceConfig, records: Sequence[dict[str, Any]]) -
         holds &= low <= mean <= high
         texts.append(f"{INIT_LABELS[r['init']]}, seed {r['seed']}: {mean:.3f} (per layer "
                      f"{', '.join(f'{v:.3f}' for v in values)}; within [{low:g}, {high:g}] needed)")
-    return Claim(statement, "reproduced" if holds else "not reproduced", "; ".join(texts) + ".")
+    return Claim(statement, judged(holds), "; ".join(texts) + ".")
 
 
 def _reported_gradients(config: VarianceConfig, nets: dict[Key, dict[str, Any]]) -> Claim:
@@ -223,7 +224,8 @@ def _tables(config: VarianceConfig, nets: dict[Key, dict[str, Any]], records: Se
             rows = []
             for act in config.activations:
                 for init in config.inits:
-                    def cell(f: Callable[[dict[str, Any]], float | None], act: str = act, init: str = init) -> str:
+                    def cell(f: Callable[[dict[str, Any]], float | None], act: str = act, init: str = init,
+                             input_: str = input_, bn: bool = bn) -> str:
                         return _stat(nets, input_, act, init, bn, f)
                     row = [act, INIT_LABELS[init]]
                     if bn:

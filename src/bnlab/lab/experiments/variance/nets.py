@@ -155,7 +155,7 @@ def selu_deep(x: Tensor, depth: int, width: int, generator: torch.Generator) -> 
     means, stds = [], []
     h = x
     with torch.no_grad():
-        for i in range(depth):
+        for _ in range(depth):
             w = keras_init.lecun_normal_(torch.empty(width, h.shape[1]), generator=generator).to(x.device)
             h = torch.selu(h @ w.T)
             means.append(float(h.double().mean()))

@@ -153,7 +153,7 @@ def _bn(config: VarianceConfig, nets: dict[Any, dict[str, Any]], out_dir: Path) 
         for col, bn in enumerate((False, True)):
             ax = axes[row, col]
             labelled = set()
-            for (_, inp, act, init, b), r in nets.items():
+            for (_, inp, _act, init, b), r in nets.items():
                 if inp == input_ and b == bn:
                     label = INIT_LABELS[init] if init not in labelled and not bn else None
                     labelled.add(init)
