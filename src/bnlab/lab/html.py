@@ -22,7 +22,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bot
 .meta { color: #555; } .banner { background: #fff3cd; border: 1px solid #e0c060; padding: .6em 1em; }
 table { border-collapse: collapse; margin: .6em 0; } th, td { border: 1px solid #ccc; padding: .3em .6em;
   text-align: left; vertical-align: top; } th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .verdict { font-weight: bold; white-space: nowrap; padding: .15em .5em; border-radius: .3em; color: #fff; }
 .ok { background: #2e7d32; } .fail { background: #c62828; } .skip { background: #757575; }
 .info { background: #1565c0; }

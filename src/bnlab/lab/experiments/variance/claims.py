@@ -192,19 +192,27 @@ def _claim_jacobian(config: VarianceConfig, records: Sequence[dict[str, Any]]) -
 
 
 def _reported_gradients(config: VarianceConfig, nets: dict[Key, dict[str, Any]]) -> Claim:
+    inputs = [i for i in config.inputs if any(k[1] == i for k in nets)]
     statement = ("Back-propagated gradients (Glorot & Bengio's Fig. 7; reported, no threshold): the std of ∂L/∂z at "
-                 f"layer 1 over layer {config.depth}, tanh, per initialization, without → with batch norm.")
+                 f"layer 1 over layer {config.depth}, tanh, per initialization, without and with batch norm.")
     parts = []
     for init in config.inits:
-        pair = [[_ratio(r["g_std"][::-1]) for k, r in nets.items() if k[2:] == ("tanh", init, bn)]
-                for bn in (False, True)]
-        if pair[0] or pair[1]:
-            parts.append(f"{INIT_LABELS[init]}: " + " → ".join(
-                ", ".join(_g(v) for v in side) or "—" for side in pair))
+        sides = []
+        for bn in (False, True):
+            per_input = []
+            for input_ in inputs:
+                ratios = [_ratio(r["g_std"][::-1]) for k, r in nets.items() if k[1:] == (input_, "tanh", init, bn)]
+                if ratios:
+                    per_input.append("not finite" if any(v is None for v in ratios)
+                                     else f"{np.mean([v for v in ratios if v is not None]):.3g}")
+            sides.append(" / ".join(per_input))
+        if any(sides):
+            parts.append(f"{INIT_LABELS[init]}: {sides[0] or '—'} without BN, {sides[1] or '—'} with")
     if not parts:
         return Claim(statement, "not judged", "the run measured no tanh network.")
-    return Claim(statement, "reported", "; ".join(parts) + ". 1 means the gradient keeps its size from the top "
-                                                           "layer down to the first.")
+    where = " / ".join(_input_name(config, i) for i in inputs)
+    return Claim(statement, "reported", f"({where}; mean over seeds) " + "; ".join(parts)
+                 + ". 1 means the gradient keeps its size from the top layer down to the first.")
 
 
 def _stat(nets: dict[Key, dict[str, Any]], input_: str, activation: str, init: str, bn: bool,
