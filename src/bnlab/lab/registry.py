@@ -18,19 +18,20 @@ docs/experiments.md says how to add one.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnlab.lab.config import check_config_class, config_to_dict
+from bnlab.lab.config import check_config_class
 from bnlab.lab.result import Result
 from bnlab.lab.schema import RecordSchema
 from bnlab.lab.store import Artifacts, SharedCache
 
 __all__ = ["Experiment", "Figure", "RunContext", "RunSetupError", "experiment_names", "experiments",
-           "get_experiment"]
+           "get_experiment", "json_key"]
 
 EXPERIMENTS_PACKAGE = "bnlab.lab.experiments"
 
@@ -135,14 +136,9 @@ class Experiment:
             raise ValueError(f"{self.name}: units(config) must list distinct units of work, got {units}")
         return units
 
-    def config_dict(self, config: Any) -> dict[str, Any]:
-        return config_to_dict(config)
-
 
 def json_key(value: Any) -> str:
     """A canonical text for a JSON value (units and sweep points are compared by it)."""
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 

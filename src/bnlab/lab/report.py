@@ -165,11 +165,13 @@ def build_report(run_dir: Path) -> Path:
         out = point_dir(run_dir, p, len(run.configs))
         out.mkdir(exist_ok=True)
         figures = run.experiment.plot(config, _point_records(run.records, p), res, out)
-        sections.append(_body(res, figures, out, run_dir))
+        sections.append(_body(res, figures, out, run_dir, heading="h3" if len(run.configs) > 1 else "h2"))
     parts = [f"<h1>{esc(result.title)}</h1>", f'<p class="meta">{" · ".join(_meta_line(run, env))}</p>',
              *_banners(run, result)]
     if result.points:
-        parts += ["<h2>Sweep</h2>", *(_table(t) for t in result.tables)]
+        parts += ["<h2>Sweep</h2>", *(_table(t) for t in result.tables),
+                  '<p class="note">Points: ' + " · ".join(f'<a href="#point-{p}">{p}</a>'
+                                                          for p in range(len(result.points))) + "</p>"]
         for p, (point, section) in enumerate(zip(result.points, sections, strict=True)):
             settings = ", ".join(f"{k} = {format_value(v)}" for k, v in point.settings.items())
             parts += [f'<h2 id="point-{p}">Point {p}: {esc(settings)}</h2>', section]
@@ -181,18 +183,21 @@ def build_report(run_dir: Path) -> Path:
     return page_path
 
 
-def _table(t: Table) -> str:
+def _table(t: Table, heading: str = "h3") -> str:
     note = f'<p class="note">{esc(t.note)}</p>' if t.note else ""
-    return f"<h3>{esc(t.title)}</h3>" + table(t.columns, t.rows) + note
+    return f"<{heading}>{esc(t.title)}</{heading}>" + table(t.columns, t.rows) + note
 
 
-def _body(result: Result, figures: list[Figure], out: Path, run_dir: Path) -> str:
-    parts = ["<h2>Claims of the paper, judged by this run</h2>", claims_table(result.claims), "<h2>Figures</h2>"]
+def _body(result: Result, figures: list[Figure], out: Path, run_dir: Path, heading: str = "h2") -> str:
+    """A result's claims, figures and tables, under ``heading`` (h3 inside a sweep point's section)."""
+    sub_heading = "h3" if heading == "h2" else "h4"
+    parts = [f"<{heading}>Claims of the paper, judged by this run</{heading}>", claims_table(result.claims),
+             f"<{heading}>Figures</{heading}>"]
     for fig in figures:
         link = (out / f"{fig.stem}.svg").relative_to(run_dir).as_posix()
         parts.append(figure(out / f"{fig.stem}.png", fig.caption, link))
-    parts.append("<h2>Measurements</h2>")
-    parts += [_table(t) for t in result.tables]
+    parts.append(f"<{heading}>Measurements</{heading}>")
+    parts += [_table(t, sub_heading) for t in result.tables]
     return "\n".join(parts)
 
 

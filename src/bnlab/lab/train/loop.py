@@ -115,7 +115,7 @@ def run_steps(step_fn: StepFn, stream: Iterator[tuple[Tensor, ...]], *, steps: i
               evaluate: Callable[[], dict[str, Any]] | None = None,
               on_eval: Callable[[dict[str, Any]], None] | None = None, hooks: Sequence[Hook] = (),
               progress: bool | None = None, desc: str = "") -> TrainResult:
-    """Run ``steps`` steps of ``step_fn`` over the batches of ``stream``.
+    """Run ``steps`` steps of ``step_fn`` over the batches of ``stream`` (endless, as :func:`batches` makes them).
 
     Args:
         models: put in train mode for the steps and in eval mode (under ``torch.no_grad()``) for ``evaluate``.
