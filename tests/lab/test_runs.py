@@ -199,3 +199,19 @@ def test_git_revision_only_from_a_bnlab_checkout(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "bnlab"\nversion = "0"\n')
     assert records.source_checkout(module) == tmp_path
     assert records.source_checkout(Path(records.__file__)) is not None  # the tests run from the checkout
+
+
+def test_a_run_made_before_units_were_recorded_is_judged_as_before(fig1_run: Path, tmp_path: Path) -> None:
+    """Runs written by earlier versions (no unit, point, grid or threads) still build their report unchanged."""
+    copy = tmp_path / "fig1" / "old"
+    shutil.copytree(fig1_run, copy)
+    original = json.loads((copy / "result.json").read_text())
+    lines = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    old = [{k: v for k, v in r.items() if k != "point"} for r in lines if not r["kind"].startswith("unit_")]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    meta = json.loads((copy / "config.json").read_text())
+    for key in ("grid", "threads"):
+        meta.pop(key)
+    (copy / "config.json").write_text(json.dumps(meta))
+    build_report(copy)
+    assert json.loads((copy / "result.json").read_text()) == original

@@ -88,7 +88,10 @@ def _point_records(records: list[dict[str, Any]], point: int) -> list[dict[str, 
 
 
 def _unfinished(run: LoadedRun, point: int) -> list[str]:
-    """The planned units of work of ``point`` without a ``unit_done`` record."""
+    """The planned units of work of ``point`` without a ``unit_done`` record (none for a run made before runs
+    recorded their units: its experiment's own account stands)."""
+    if not any(r["kind"] == "unit_start" for r in run.records):
+        return []
     done = {json_key((r["seed"], r["unit"])) for r in run.records if r["kind"] == "unit_done" and r["point"] == point}
     return [f"seed {seed} {format_unit(unit)}" for seed in run.meta.seeds
             for unit in run.experiment.unit_list(run.configs[point]) if json_key((seed, unit)) not in done]
