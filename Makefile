@@ -7,10 +7,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 setup:
 	@bash scripts/setup.sh
 
-## run: the main job: Figure 1 of the paper, quick version on MNIST-5k (a few minutes on 2 CPU cores); it prints
-## where the report is. The full run: .venv/bin/bnlab run fig1 --set dataset=fashion-mnist (docs/experiments.md)
+## run: the tour: the quick version of every experiment (bnlab run all --quick; within 5 minutes on 2 CPU cores),
+## then runs/tour.html with each one's verdicts, time and report. One experiment, full: .venv/bin/bnlab run variance
+## (docs/experiments.md)
 run: setup
-	@.venv/bin/bnlab run fig1 --quick
+	@.venv/bin/bnlab run all --quick
 
 ## test: the whole test suite
 test: setup

@@ -26,7 +26,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which th
 __version__ = "0.1.0"
 
 #: The submodules that are part of the public surface.
-_SUBMODULES = frozenset({"functional", "fused", "kernels", "nn", "ops", "reference", "tools"})
+_SUBMODULES = frozenset({"compat", "functional", "fused", "init", "kernels", "nn", "ops", "reference", "tools"})
 #: Each re-exported name, and the module it comes from.
 _NAMES = {
     "BackendUnavailableError": "bnlab.kernels",
@@ -50,12 +50,14 @@ __all__ = [  # the submodules and the names above
     "LazyBatchNorm3d",
     "__version__",
     "available_backends",
+    "compat",
     "convert",
     "doctor",
     "fold",
     "freeze",
     "functional",
     "fused",
+    "init",
     "kernels",
     "nn",
     "ops",
@@ -67,7 +69,7 @@ __all__ = [  # the submodules and the names above
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these on first use
     from typing import Any
 
-    from bnlab import functional, fused, kernels, nn, ops, reference, tools
+    from bnlab import compat, functional, fused, init, kernels, nn, ops, reference, tools
     from bnlab.kernels import BackendUnavailableError, available_backends
     from bnlab.nn import (
         BatchNorm1d,

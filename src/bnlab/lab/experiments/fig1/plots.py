@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.fig1 import PERCENTILES, Fig1Config
-from bnlab.lab.experiments.fig1_claims import (
+from bnlab.lab.experiments.fig1.claims import (
     MIN_DRIFT_EVALUATIONS,
     Curves,
     curves,
@@ -23,15 +22,20 @@ from bnlab.lab.experiments.fig1_claims import (
     judged_seeds,
     unit_drift,
 )
-from bnlab.lab.plots import COLORS, LABELS, mean_band, new_figure, save
+from bnlab.lab.experiments.fig1.config import PERCENTILES, Fig1Config
+from bnlab.lab.plots import mean_band, new_figure, save
 from bnlab.lab.registry import Figure
+from bnlab.lab.result import Result
 
-__all__ = ["plot"]
+__all__ = ["COLORS", "LABELS", "plot"]
+
+COLORS = {"baseline": "#d62728", "bn": "#1f77b4"}  # the paper draws the baseline dashed, BN solid
+LABELS = {"baseline": "without BN", "bn": "with BN"}
 
 _STYLE = {"baseline": "--", "bn": "-"}
 
 
-def plot(config: Fig1Config, records: list[dict[str, Any]], result: Mapping[str, Any], out_dir: Path) -> list[Figure]:
+def plot(config: Fig1Config, records: list[dict[str, Any]], result: Result, out_dir: Path) -> list[Figure]:
     """Draw the figures from the seeds the verdicts use (:func:`judged_seeds`); with none, what was measured."""
     seeds = judged_seeds(config, records)
     c = curves(records, seeds.judged or None)
@@ -44,7 +48,7 @@ def plot(config: Fig1Config, records: list[dict[str, Any]], result: Mapping[str,
         notes += (f" Drawn from seed(s) {', '.join(map(str, seeds.judged))}, the ones the verdicts use; left out: "
                   f"{seeds.describe()}.")
     figures = [_panels(config, c, out_dir, notes)]
-    if seeds.judged and len(drift_window(c["baseline"])[0]) >= MIN_DRIFT_EVALUATIONS:
+    if seeds.judged and set(c) == {"baseline", "bn"} and len(drift_window(c["baseline"])[0]) >= MIN_DRIFT_EVALUATIONS:
         figures.append(_drift(config, c, out_dir))
     return figures
 

@@ -1,6 +1,7 @@
 """Figure 1's numbers and verdicts, computed from the run's records alone (metrics.jsonl).
 
-**Which seeds are judged.** Only the seeds in which both networks finished: each has an ``end`` record, did not
+**Which seeds are judged.** Only the seeds in which every network the run trains (both, unless ``models`` says
+otherwise) finished: each has an ``end`` record, did not
 diverge, was evaluated at exactly the scheduled steps (:func:`~bnlab.lab.experiments.fig1.eval_steps`) and
 measured only finite values. So both networks of a judged seed share the final step and the drift window. A
 seed interrupted in the middle of a network, a seed in which either network diverged (its training loss stopped
@@ -20,18 +21,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.fig1 import CLAIM_STEPS, MODELS, PERCENTILES, Fig1Config, eval_steps
+from bnlab.lab.experiments.fig1.config import CLAIM_STEPS, MODELS, PERCENTILES, Fig1Config, eval_steps
+from bnlab.lab.result import Claim, Result, Table, Verdict, judged
 
-__all__ = ["ACCURACY_MARGIN", "Curves", "JudgedSeeds", "curves", "drift_window", "judged_seeds", "summarize",
+__all__ = ["ACCURACY_MARGIN", "Curves", "JudgedSeeds", "curves", "drift_window", "headline", "judged_seeds",
+           "summarize",
            "unit_drift"]
 
 ACCURACY_MARGIN = 0.002  # claim (2): "at least as accurate", within this much accuracy (0.2 points)
-NOT_JUDGED = "not judged"
+NOT_JUDGED: Verdict = "not judged"
 MIN_DRIFT_EVALUATIONS = 2  # a range needs two evaluations in the window
 
 
@@ -107,7 +110,8 @@ def _unfinished(model: str, evals: list[dict[str, Any]], end: dict[str, Any] | N
 
 
 def judged_seeds(config: Fig1Config, records: list[dict[str, Any]]) -> JudgedSeeds:
-    """The seeds in which both networks finished as scheduled, and why each other seed is left out.
+    """The seeds in which every network of ``config.models`` finished as scheduled, and why each other seed is
+    left out.
 
     The seeds considered are those planned (the run's ``plan`` record) and those found in the records.
     """
@@ -123,7 +127,7 @@ def judged_seeds(config: Fig1Config, records: list[dict[str, Any]]) -> JudgedSee
             planned.update(r["seeds"])
     judged, left_out = [], {}
     for seed in sorted(planned | {s for s, _ in evals} | {s for s, _ in ends}):
-        why = [_unfinished(m, evals.get((seed, m), []), ends.get((seed, m)), config) for m in MODELS]
+        why = [_unfinished(m, evals.get((seed, m), []), ends.get((seed, m)), config) for m in config.models]
         if all(w is not None and w.endswith("never started") for w in why):
             left_out[seed] = "never started"
         elif any(why):
@@ -175,15 +179,18 @@ def statements() -> dict[str, str]:
     }
 
 
-def summarize(config: Fig1Config, records: list[dict[str, Any]]) -> dict[str, Any]:
+TITLE = "Figure 1: a sigmoid MLP with and without batch normalization"
+
+
+def summarize(config: Fig1Config, records: list[dict[str, Any]]) -> Result:
     """The numbers, tables and verdicts of a Figure 1 run, from the seeds :func:`judged_seeds` keeps."""
     if not any(r.get("kind") == "eval" for r in records):
         raise ValueError("the records hold no evaluation; the run was stopped before it measured anything")
     seeds = judged_seeds(config, records)
     ends = [r for r in records if r.get("kind") == "end"]
-    seconds = {m: sum(r["seconds"] for r in ends if r["model"] == m) for m in MODELS}
-    time_table = {"title": "Training time (all seeds)", "columns": ["network", "seconds"],
-                  "rows": [[m, f"{seconds[m]:.1f}"] for m in MODELS]}
+    seconds = {m: sum(r["seconds"] for r in ends if r["model"] == m) for m in config.models}
+    time_table = Table("Training time (all seeds)", ["network", "seconds"],
+                       [[m, f"{seconds[m]:.1f}"] for m in config.models])
     summary: dict[str, Any] = {
         "seeds": seeds.judged,
         "seeds_left_out": {str(s): why for s, why in seeds.left_out.items()},
@@ -191,59 +198,68 @@ def summarize(config: Fig1Config, records: list[dict[str, Any]]) -> dict[str, An
         "diverged": sorted(f"{r['model']} (seed {r['seed']})" for r in ends if r.get("diverged")),
         "train_seconds": seconds,
     }
-    result = {
-        "experiment": "fig1",
-        "title": "Figure 1: a sigmoid MLP with and without batch normalization",
-        "complete": not seeds.left_out,
-        "incomplete": seeds.describe() or None,
-        "summary": summary,
-    }
+    common: dict[str, Any] = {"experiment": "fig1", "title": TITLE, "complete": not seeds.left_out,
+                              "incomplete": seeds.describe() or None}
     if not seeds.judged:
-        why = f"no seed where both networks finished ({seeds.describe()})."
+        why = f"no seed where {' and '.join(config.models)} finished ({seeds.describe()})."
         c = curves(records)
         steps = sorted({int(s) for curve in c.values() for s in curve.steps})
         rows = [[f"{s:,}", _cell(c.get("baseline"), s), _cell(c.get("bn"), s)] for s in _table_steps(steps)]
-        return {**result,
-                "claims": [{"claim": s, "verdict": NOT_JUDGED, "evidence": why} for s in statements().values()],
-                "tables": [{"title": "Test accuracy (what was measured; no seed finished)",
-                            "columns": ["step", "baseline", "BN"], "rows": rows}, time_table]}
+        return Result(**common, summary=summary,
+                      claims=[Claim(s, NOT_JUDGED, why) for s in statements().values()],
+                      tables=[Table("Test accuracy (what was measured; no seed finished)", ["step", "baseline", "BN"],
+                                    rows), time_table])
 
     c = curves(records, seeds.judged)
-    base, bn = c["baseline"], c["bn"]
+    several = len(seeds.judged) > 1
     final = config.steps
+    summary["final_accuracy"] = {m: _at(c[m], final)[0] for m in config.models}
+    summary["final_accuracy_spread"] = {m: _at(c[m], final)[1] for m in config.models}
+    summary["accuracy_at"] = {str(s): {m: _at(c[m], s)[0] for m in config.models}
+                              for s in CLAIM_STEPS if s in c[config.models[0]].steps}
+    accuracy = Table("Test accuracy (mean ± std over seeds)" if several else "Test accuracy",
+                     ["step", "baseline", "BN"],
+                     [[f"{s:,}", _cell(c.get("baseline"), s), _cell(c.get("bn"), s)]
+                      for s in _table_steps(list(c[config.models[0]].steps))])
+    if set(config.models) != set(MODELS):
+        why = (f"the run trained only the {config.models[0]} network (models = {','.join(config.models)}); the "
+               f"claims compare both.")
+        return Result(**common, summary=summary, claims=[Claim(s, NOT_JUDGED, why) for s in statements().values()],
+                      tables=[accuracy, time_table])
+
+    base, bn = c["baseline"], c["bn"]
     base_final, bn_final = _at(base, final), _at(bn, final)
     claims = [_claim_faster(base, bn, final, base_final[0]), _claim_accuracy(base_final, bn_final),
               _claim_stability(base, bn)]
     if seeds.left_out:
         judged = ", ".join(map(str, seeds.judged))
-        for claim in claims:
-            claim["evidence"] += f" Judged on seed(s) {judged} only; left out: {seeds.describe()}."
-
-    several = len(seeds.judged) > 1
-    tables: list[dict[str, Any]] = [{
-        "title": "Test accuracy (mean ± std over seeds)" if several else "Test accuracy",
-        "columns": ["step", "baseline", "BN"],
-        "rows": [[f"{s:,}", _cell(base, s), _cell(bn, s)] for s in _table_steps(list(base.steps))]}]
+        claims = [replace(claim, evidence=f"{claim.evidence} Judged on seed(s) {judged} only; left out: "
+                                          f"{seeds.describe()}.") for claim in claims]
+    tables = [accuracy]
     drift = _drifts(base, bn)
     if drift is not None:
         unit = config.unit
-        tables.append({
-            "title": "Drift of the sigmoid inputs, last hidden layer (per unit, all units)",
-            "columns": ["network", "median drift", "interquartile range", f"unit {unit}"],
-            "rows": [[name, f"{np.median(d):.3f}", f"{np.percentile(d, 25):.3f} – {np.percentile(d, 75):.3f}",
-                      f"{d[unit]:.3f}"] for name, d in (("baseline", drift[0]), ("BN", drift[1]))]})
+        tables.append(Table(
+            "Drift of the sigmoid inputs, last hidden layer (per unit, all units)",
+            ["network", "median drift", "interquartile range", f"unit {unit}"],
+            [[name, f"{np.median(d):.3f}", f"{np.percentile(d, 25):.3f} – {np.percentile(d, 75):.3f}",
+              f"{d[unit]:.3f}"] for name, d in (("baseline", drift[0]), ("BN", drift[1]))]))
     tables.append(time_table)
     summary.update({
-        "final_accuracy": {"baseline": base_final[0], "bn": bn_final[0]},
-        "final_accuracy_spread": {"baseline": base_final[1], "bn": bn_final[1]},
-        "accuracy_at": {str(s): {"baseline": _at(base, s)[0], "bn": _at(bn, s)[0]}
-                        for s in CLAIM_STEPS if s in base.steps},
         "bn_reaches_baseline_final_at": _reach_step(bn, base_final[0]),
         "drift_median": None if drift is None else {"baseline": float(np.median(drift[0])),
                                                     "bn": float(np.median(drift[1]))},
         "drift_share_of_units_bn_lower": None if drift is None else float(np.mean(drift[1] < drift[0])),
     })
-    return {**result, "claims": claims, "tables": tables}
+    return Result(**common, summary=summary, claims=claims, tables=tables)
+
+
+def headline(result: Result) -> dict[str, str]:
+    """The final test accuracy of each network (mean ± std over the judged seeds), for sweeps and the tour."""
+    final = result.summary.get("final_accuracy") or {}
+    spread = result.summary.get("final_accuracy_spread") or {}
+    return {f"{'BN' if m == 'bn' else m} final": _pct(v, spread.get(m)) for m, v in final.items()
+            if isinstance(v, float)}
 
 
 def _table_steps(steps: list[int]) -> list[int]:
@@ -268,11 +284,11 @@ def _reach_step(c: Curves, target: float) -> int | None:
     return int(c.steps[hits[0]]) if len(hits) else None
 
 
-def _claim_faster(base: Curves, bn: Curves, final: int, base_final: float) -> dict[str, Any]:
+def _claim_faster(base: Curves, bn: Curves, final: int, base_final: float) -> Claim:
     statement = statements()["faster"]
     if final < max(CLAIM_STEPS):
-        return {"claim": statement, "verdict": NOT_JUDGED,
-                "evidence": f"the run has {final:,} steps; the claim needs at least {max(CLAIM_STEPS):,}."}
+        return Claim(statement, NOT_JUDGED, f"the run has {final:,} steps; the claim needs at least "
+                                            f"{max(CLAIM_STEPS):,}.")
     parts, ok = [], True
     for s in CLAIM_STEPS:
         (a_base, sd_base), (a_bn, sd_bn) = _at(base, s), _at(bn, s)
@@ -283,33 +299,31 @@ def _claim_faster(base: Curves, bn: Curves, final: int, base_final: float) -> di
     ok &= reach is not None and reach <= half
     where = f"at step {reach:,}" if reach is not None else "never"
     parts.append(f"BN reached the baseline's final {_pct(base_final)} {where} (at most {half:,} needed)")
-    return {"claim": statement, "verdict": "reproduced" if ok else "not reproduced",
-            "evidence": "; ".join(parts) + "."}
+    return Claim(statement, judged(ok), "; ".join(parts) + ".")
 
 
-def _claim_accuracy(base_final: tuple[float, float | None], bn_final: tuple[float, float | None]) -> dict[str, Any]:
+def _claim_accuracy(base_final: tuple[float, float | None], bn_final: tuple[float, float | None]) -> Claim:
     ok = bn_final[0] >= base_final[0] - ACCURACY_MARGIN
     diff = 100 * (bn_final[0] - base_final[0])
-    return {"claim": statements()["accuracy"], "verdict": "reproduced" if ok else "not reproduced",
-            "evidence": f"final test accuracy BN {_pct(*bn_final)} vs baseline {_pct(*base_final)} "
-                        f"({diff:+.2f} points; at least {-100 * ACCURACY_MARGIN:.2f} needed)."}
+    return Claim(statements()["accuracy"], judged(ok),
+                 f"final test accuracy BN {_pct(*bn_final)} vs baseline {_pct(*base_final)} "
+                 f"({diff:+.2f} points; at least {-100 * ACCURACY_MARGIN:.2f} needed).")
 
 
-def _claim_stability(base: Curves, bn: Curves) -> dict[str, Any]:
+def _claim_stability(base: Curves, bn: Curves) -> Claim:
     statement = statements()["stability"]
     drift = _drifts(base, bn)
     if drift is None:
         n = len(drift_window(base)[0])
-        return {"claim": statement, "verdict": NOT_JUDGED,
-                "evidence": f"the drift window (the evaluations after step 0) holds {n} evaluation"
-                            f"{'' if n == 1 else 's'}; the measure needs at least {MIN_DRIFT_EVALUATIONS} "
-                            f"(make eval_every smaller than steps)."}
+        return Claim(statement, NOT_JUDGED, f"the drift window (the evaluations after step 0) holds {n} evaluation"
+                                            f"{'' if n == 1 else 's'}; the measure needs at least "
+                                            f"{MIN_DRIFT_EVALUATIONS} (make eval_every smaller than steps).")
     drift_base, drift_bn = drift
     med_base, med_bn = float(np.median(drift_base)), float(np.median(drift_bn))
     share = float(np.mean(drift_bn < drift_base))
     ok = med_bn < med_base and share > 0.5
     ratio = f"ratio {med_bn / med_base:.2f}" if med_base > 0 else "no ratio: the baseline does not drift"
-    return {"claim": statement, "verdict": "reproduced" if ok else "not reproduced",
-            "evidence": f"median drift over {len(drift_base)} units: BN {med_bn:.3f} vs baseline {med_base:.3f} "
-                        f"({ratio}); BN drifts less in {100 * share:.0f}% of the units (the claim needs "
-                        f"a lower median and more than half the units)."}
+    return Claim(statement, judged(ok),
+                 f"median drift over {len(drift_base)} units: BN {med_bn:.3f} vs baseline {med_base:.3f} "
+                 f"({ratio}); BN drifts less in {100 * share:.0f}% of the units (the claim needs "
+                 f"a lower median and more than half the units).")
