@@ -9,7 +9,8 @@ The public surface:
 - :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back (or freeze them);
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
-  :func:`bnlab.doctor`, and :class:`bnlab.FrozenBatchNorm2d` (and 1d/3d).
+  :func:`bnlab.doctor`, :func:`bnlab.summary` (a Keras-style table of layers and parameters), and
+  :class:`bnlab.FrozenBatchNorm2d` (and 1d/3d).
 - :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
 
 Every name here is imported on first use (PEP 562), so ``import bnlab`` does not import torch: the ``bnlab``
@@ -34,7 +35,8 @@ _NAMES = {
     **{name: "bnlab.nn" for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FrozenBatchNorm1d",
                                      "FrozenBatchNorm2d", "FrozenBatchNorm3d", "LazyBatchNorm1d",
                                      "LazyBatchNorm2d", "LazyBatchNorm3d")},
-    **{name: "bnlab.tools" for name in ("convert", "doctor", "fold", "freeze", "recalibrate")},
+    **{name: "bnlab.tools" for name in ("convert", "doctor", "fold", "freeze", "recalibrate",
+                                        "summary")},
 }
 
 __all__ = [  # the submodules and the names above
@@ -63,6 +65,7 @@ __all__ = [  # the submodules and the names above
     "ops",
     "recalibrate",
     "reference",
+    "summary",
     "tools",
 ]
 
@@ -90,6 +93,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from bnlab.tools.fold import fold
     from bnlab.tools.freeze import freeze
     from bnlab.tools.recalibrate import recalibrate
+    from bnlab.tools.summary import summary
 
 
 def __getattr__(name: str) -> Any:

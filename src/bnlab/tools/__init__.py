@@ -5,6 +5,7 @@
 - :func:`recalibrate`: recompute running statistics from data (Algorithm 2), in place;
 - :func:`freeze`: per-layer switches (batch or running statistics, update or not, train γ/β or not);
 - :func:`convert`: torch's layers ↔ bnlab's ↔ FrozenBatchNorm;
+- :func:`summary`: a Keras-style summary (layers, output shapes, trainable and non-trainable parameters);
 - :func:`doctor`: findings about a model's batch norm on some data, with evidence and fixes (:mod:`.diagnosis`).
 """
 
@@ -22,6 +23,7 @@ from bnlab.tools.fold import (
 )
 from bnlab.tools.freeze import freeze, from_frozen, to_frozen
 from bnlab.tools.recalibrate import Recalibration, recalibrate
+from bnlab.tools.summary import LayerSummary, ModelSummary, summary
 
 __all__ = [
     "Finding",
@@ -29,6 +31,8 @@ __all__ = [
     "FoldFallbackWarning",
     "FoldedBatchNorm",
     "Folding",
+    "LayerSummary",
+    "ModelSummary",
     "Recalibration",
     "Report",
     "convert",
@@ -40,5 +44,6 @@ __all__ = [
     "freeze",
     "from_frozen",
     "recalibrate",
+    "summary",
     "to_frozen",
 ]
