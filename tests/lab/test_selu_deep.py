@@ -3,6 +3,7 @@ float64, the verdicts against hand-made records, and the report (with bnlab.summ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import bnlab
 from bnlab.lab.experiments.selu_deep import SeluDeepConfig, claims
 from bnlab.lab.experiments.selu_deep.config import records, units
-from bnlab.lab.experiments.selu_deep.nets import build, forward_stats
+from bnlab.lab.experiments.selu_deep.nets import build, forward_stats, gradient_ratios
 from bnlab.lab.experiments.selu_deep.plots import COLORS, DIAGNOSTIC_COLORS
 from bnlab.lab.experiments.selu_deep.train import generator_for, load, standardize, train
 from bnlab.lab.registry import RunContext, get_experiment
@@ -92,7 +93,7 @@ def test_the_log_is_what_keras_prints() -> None:
     logged: list[dict[str, Any]] = []
     train(SMALL, context({"model": "relu_bn"}, logged))
     kinds = [r["kind"] for r in logged]
-    assert kinds == ["summary", "epoch", "epoch", "end"]
+    assert kinds == ["summary", "gradients", "epoch", "epoch", "end"]
     assert all(why_wrong(r, records(SMALL)) is None for r in logged)
     data = load(SMALL, torch.device("cpu"), None, {})
     model = build("relu_bn", SMALL, (1, 28, 28), 10, generator_for(0, "relu_bn"))
@@ -115,7 +116,7 @@ def test_the_log_is_what_keras_prints() -> None:
         model.eval()
         with torch.no_grad():
             logits = model(data["x_val"])
-        record = logged[epoch]
+        record = logged[epoch + 1]
         assert record["epoch"] == epoch
         assert record["loss"] == pytest.approx(sum(losses) / per_epoch, rel=1e-4)
         assert record["accuracy"] == pytest.approx(sum(hits) / per_epoch, abs=1e-5)
@@ -125,6 +126,38 @@ def test_the_log_is_what_keras_prints() -> None:
                                                        abs=1e-6)
     summary = logged[0]
     assert summary["non_trainable"] == 2 * SMALL.depth * SMALL.width and summary["counters"] == SMALL.depth
+
+
+def test_the_alpha_dropout_option_trains() -> None:
+    logged: list[dict[str, Any]] = []
+    train(dataclasses.replace(SMALL, models=("selu_dropout",)), context({"model": "selu_dropout"}, logged))
+    assert [r["kind"] for r in logged] == ["summary", "gradients", "epoch", "epoch", "end"]
+    assert not logged[-1]["diverged"]
+    assert any("(AlphaDropout)" in row[0] for row in logged[0]["rows"])
+    assert claims.summarize(dataclasses.replace(SMALL, models=("selu_dropout",)), logged).tables[1].title == \
+        "Keras log: SELU + LeCun + AlphaDropout"
+
+
+def test_gradient_ratios_against_float64_leave_the_model_alone() -> None:
+    model = build("relu_bn", SeluDeepConfig(depth=4, width=20), (1, 28, 28), 10, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(25, 1, 28, 28, generator=gen), torch.randint(0, 10, (25,), generator=gen)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ratios = gradient_ratios(model, x, y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running statistics untouched
+    reference = copy.deepcopy(model).double().train()
+    linears = [m for m in reference.modules() if isinstance(m, torch.nn.Linear)]
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(reference(x.double()), y),
+                                [m.weight for m in linears])
+    expected = [float(g.norm() / m.weight.detach().norm()) for m, g in zip(linears, grads, strict=True)]
+    assert ratios == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_gradient_claim_is_reported() -> None:
+    recs = [*epoch_records(0, "selu", [0.6, 0.75]),
+            {"kind": "gradients", "seed": 0, "model": "selu", "ratios": [20.0] + [1.0] * 98 + [0.4, 0.5]}]
+    claim = claims.summarize(SeluDeepConfig(epochs=2, models=("selu",)), recs).claims[-1]
+    assert claim.verdict == "reported" and "20 at layer 1, 0.4 at layer 100 (50×)" in claim.evidence
 
 
 @pytest.mark.parametrize("network", ["selu_lecun", "relu_he", "tanh_small"])

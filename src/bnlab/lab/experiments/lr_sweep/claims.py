@@ -243,8 +243,9 @@ def _sweep_table(config: LrSweepConfig, runs: dict[Key, dict[str, Any]], seeds: 
             mine = [runs[(s, m, lr)] for s in seeds if (s, m, lr) in runs]
             accs = [r["test_accuracy"] for r in mine if not r["diverged"] and r["test_accuracy"] is not None]
             losses = [r["final_loss"] for r in mine if not r["diverged"]]
+            diverged = [_diverged_text(r, config) for r in mine]
             row += [_mean_text(accs, 4), _mean_text(losses, 3),
-                    "; ".join(_diverged_text(r, config) for r in mine) or "—"]
+                    "no" if diverged and set(diverged) == {"no"} else "; ".join(diverged) or "—"]
         if shown:
             row += list(CALIBRATION.get(lr, ("—", "—")))
         rows.append(row)

@@ -159,4 +159,5 @@ def _landscape(config: LrSweepConfig, found: dict[tuple[int, str, int], dict[str
     return Figure("lr_sweep_landscape", f"The loss along the gradient (seed {seed}): the loss on a batch after a step "
                                         f"of size α along minus its gradient, relative to the loss before. Dotted: "
                                         f"the ratio {RISE:g}; dashed: α_div, where each network's ratio first "
-                                        f"exceeds it. Crosses at the top: a loss that was not finite.")
+                                        f"exceeds it. Ratios above {RATIO_CLIP:g} are drawn at {RATIO_CLIP:g}; "
+                                        f"crosses there: a loss that was not finite.")

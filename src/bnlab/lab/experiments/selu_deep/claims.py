@@ -19,7 +19,8 @@ from bnlab.lab.experiments.selu_deep.config import SeluDeepConfig
 from bnlab.lab.result import Claim, Result, Table, judged
 
 __all__ = ["BEATS_MARGIN", "GERON_HOML3", "LABELS", "RELU_LECUN_SHRINK", "SEED_004", "SELU_MEAN", "SELU_STD",
-           "TANH_SMALL_STD", "TITLE", "TRAINS_ACCURACY", "diagnostics", "epochs", "headline", "summarize"]
+           "TANH_SMALL_STD", "TITLE", "TRAINS_ACCURACY", "diagnostics", "epochs", "gradients", "headline",
+           "summarize"]
 
 TITLE = "E3: a 100-layer SELU network trains where ReLU + He struggles; batch norm rescues ReLU (Géron, seed 004)"
 # "Trains": validation accuracy after the last epoch. §4.D proposes 0.78 for SELU and notes that seed 004's own run
@@ -56,6 +57,26 @@ def epochs(records: Sequence[dict[str, Any]]) -> dict[EpochKey, list[dict[str, A
 
 def diagnostics(records: Sequence[dict[str, Any]]) -> dict[tuple[int, str], dict[str, Any]]:
     return {(r["seed"], r["network"]): r for r in records if r["kind"] == "diagnostic"}
+
+
+def gradients(records: Sequence[dict[str, Any]]) -> dict[EpochKey, list[float | None]]:
+    """Each (seed, network)'s ‖∂L/∂W‖ / ‖W‖ per linear layer at initialization (the output layer last)."""
+    return {(r["seed"], r["model"]): r["ratios"] for r in records if r["kind"] == "gradients"}
+
+
+def _gradient_claim(config: SeluDeepConfig, records: Sequence[dict[str, Any]]) -> list[Claim]:
+    found = gradients(records)
+    if not found:
+        return []
+    d = config.depth
+    parts = []
+    for (seed, model), ratios in sorted(found.items()):
+        first, last = ratios[0], ratios[d - 1]
+        growth = f" ({first / last:.2g}×)" if first is not None and last else ""
+        parts.append(f"seed {seed}, {LABELS[model]}: {_g(first, 2)} at layer 1, {_g(last, 2)} at layer {d}{growth}")
+    return [Claim(f"Reported: the gradient at initialization, ‖∂L/∂W‖ / ‖W‖ of layer 1 against layer {d} (how far "
+                  f"one SGD step moves each layer for its size). Batch norm makes gradients grow with depth at "
+                  f"initialization (Yang et al. 2019).", "reported", "; ".join(parts) + ".")]
 
 
 def _ends(records: Sequence[dict[str, Any]]) -> dict[EpochKey, dict[str, Any]]:
@@ -252,6 +273,20 @@ def _results_table(config: SeluDeepConfig, records: Sequence[dict[str, Any]]) ->
                              "test accuracy", "diverged", "seconds"], rows)
 
 
+def _gradient_table(config: SeluDeepConfig, records: Sequence[dict[str, Any]]) -> Table | None:
+    found = gradients(records)
+    if not found:
+        return None
+    d = config.depth
+    picks = sorted({1, min(10, d), min(50, d), d})
+    rows = [[seed, LABELS[model], *(_g(ratios[i - 1], 3) for i in picks), _g(ratios[-1], 3)]
+            for (seed, model), ratios in sorted(found.items())]
+    return Table("Gradients at initialization: ‖∂L/∂W‖ / ‖W‖", ["seed", "network", *(f"layer {i}" for i in picks),
+                                                                "output layer"], rows,
+                 note=f"On the first {config.batch_size} training images, in training mode, before any step (on a "
+                      f"copy of the network: its running statistics do not move).")
+
+
 def _diagnostic_table(config: SeluDeepConfig, records: Sequence[dict[str, Any]]) -> Table | None:
     found = diagnostics(records)
     if not found:
@@ -275,11 +310,12 @@ def summarize(config: SeluDeepConfig, records: list[dict[str, Any]]) -> Result:
     if not any(r["kind"] in ("epoch", "end", "diagnostic") for r in records):
         raise ValueError("the run holds no measurement (no epoch, end or diagnostic record)")
     seeds = _seeds(records)
-    claims = [*_training_claims(config, records, seeds), *_diagnostic_claims(config, records)]
+    claims = [*_training_claims(config, records, seeds), *_diagnostic_claims(config, records),
+              *_gradient_claim(config, records)]
     tables = [_results_table(config, records), *_epoch_tables(config, records)]
-    diag = _diagnostic_table(config, records)
-    if diag is not None:
-        tables.append(diag)
+    for table in (_gradient_table(config, records), _diagnostic_table(config, records)):
+        if table is not None:
+            tables.append(table)
     tables += _summary_tables(records)
     logs, ends = epochs(records), _ends(records)
     summary: dict[str, Any] = {"seeds": seeds}

@@ -93,7 +93,8 @@ def _summary_rows(value: Any) -> str | None:
 
 def records(config: SeluDeepConfig) -> RecordSchema:
     """``epoch``: Keras's per-epoch log of one network; ``end``: how its training ended; ``summary``: its
-    bnlab.summary; ``diagnostic``: per-layer mean and std of one network at initialization."""
+    bnlab.summary; ``gradients``: each linear layer's ‖∂L/∂W‖ / ‖W‖ at initialization (the output layer last);
+    ``diagnostic``: per-layer mean and std of one network at initialization."""
     per_layer = schema.numbers(length=config.depth)
     return {
         "epoch": {"seed": schema.integer(), "model": schema.text(MODELS), "epoch": schema.integer(1, config.epochs),
@@ -105,6 +106,8 @@ def records(config: SeluDeepConfig) -> RecordSchema:
         "summary": {"seed": schema.integer(), "model": schema.text(MODELS), "rows": schema.Spec(_summary_rows),
                     "total": schema.integer(0), "trainable": schema.integer(0), "non_trainable": schema.integer(0),
                     "counters": schema.integer(0), "text": schema.text()},
+        "gradients": {"seed": schema.integer(), "model": schema.text(MODELS),
+                      "ratios": schema.numbers(length=config.depth + 1)},
         "diagnostic": {"seed": schema.integer(), "network": schema.text(DIAGNOSTICS), "mean": per_layer,
                        "std": per_layer},
     }

@@ -7,6 +7,7 @@ bias 0 (all from :mod:`bnlab.init`). The softmax of Keras's output layer is in t
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ import bnlab
 from bnlab import init as keras_init
 from bnlab.lab.experiments.selu_deep.config import SeluDeepConfig
 
-__all__ = ["ACTIVATIONS", "HIDDEN_INIT", "build", "forward_stats"]
+__all__ = ["ACTIVATIONS", "HIDDEN_INIT", "build", "forward_stats", "gradient_ratios"]
 
 HIDDEN_INIT = {"selu": "lecun_normal", "relu": "he_normal", "relu_bn": "he_normal", "selu_dropout": "lecun_normal"}
 ACTIVATIONS: dict[str, Callable[[], torch.nn.Module]] = {
@@ -83,3 +84,18 @@ def forward_stats(x: Tensor, network: str, depth: int, width: int,
             means.append(m if math.isfinite(m) else None)
             stds.append(s if math.isfinite(s) else None)
     return means, stds
+
+
+def gradient_ratios(model: torch.nn.Module, x: Tensor, y: Tensor) -> list[float | None]:
+    """‖∂L/∂W‖ / ‖W‖ for each linear layer's weight (input side first, the output layer last): how far one SGD
+    step moves each layer relative to its size, on one batch ``(x, y)`` with the cross-entropy loss, in training
+    mode (batch statistics). Measured on a copy, so the model's running statistics do not move."""
+    probe = copy.deepcopy(model).train()
+    linears = [m for m in probe.modules() if isinstance(m, torch.nn.Linear)]
+    loss = torch.nn.functional.cross_entropy(probe(x), y)
+    grads = torch.autograd.grad(loss, [m.weight for m in linears])
+    out: list[float | None] = []
+    for m, g in zip(linears, grads, strict=True):
+        ratio = float(g.double().norm() / m.weight.detach().double().norm())
+        out.append(ratio if math.isfinite(ratio) else None)
+    return out

@@ -2,6 +2,7 @@
 
 - ``selu_deep_epochs``: validation accuracy and training loss per epoch, each network, beside seed 004's SELU run
   and Géron's HOML3 numbers;
+- ``selu_deep_gradients``: each layer's ‖∂L/∂W‖ / ‖W‖ at initialization, for the trained networks;
 - ``selu_deep_diagnostic``: each layer's std and mean at initialization, for the diagnostic's networks.
 """
 
@@ -20,6 +21,7 @@ from bnlab.lab.experiments.selu_deep.claims import (
     SELU_STD,
     diagnostics,
     epochs,
+    gradients,
 )
 from bnlab.lab.experiments.selu_deep.config import SeluDeepConfig
 from bnlab.lab.plots import log_axis, new_figure, save
@@ -38,10 +40,34 @@ def plot(config: SeluDeepConfig, records: list[dict[str, Any]], result: Result, 
     logs = epochs(records)
     if logs:
         figures.append(_epochs(config, logs, out_dir))
+    grads = gradients(records)
+    if grads:
+        figures.append(_gradients(config, grads, out_dir))
     found = diagnostics(records)
     if found:
         figures.append(_diagnostic(config, found, out_dir))
     return figures
+
+
+def _gradients(config: SeluDeepConfig, grads: dict[tuple[int, str], list[float | None]], out_dir: Path) -> Figure:
+    fig, (ax,) = new_figure(1, width=6.0, height=3.3)
+    labelled = set()
+    for (_, model), ratios in sorted(grads.items()):
+        values = np.array([np.nan if v is None else v for v in ratios], dtype=float)
+        ax.plot(np.arange(1, len(values) + 1), values, color=COLORS[model], linewidth=1.4,
+                label=LABELS[model] if model not in labelled else None)
+        labelled.add(model)
+    log_axis(ax)
+    ax.set(xlabel="linear layer (the last is the output layer)", ylabel="‖∂L/∂W‖ / ‖W‖",
+           title="gradients at initialization")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="x-small")
+    save(fig, out_dir, "selu_deep_gradients")
+    return Figure("selu_deep_gradients", f"Before training, on one batch of {config.batch_size} training images: "
+                                         f"each linear layer's weight gradient relative to the weight's size, i.e. "
+                                         f"how far one SGD step moves the layer for its size. Read from the output "
+                                         f"(right) back to the input (left): a line that rises to the left explodes "
+                                         f"on the way back.")
 
 
 def _values(logs: dict[tuple[int, str], list[dict[str, Any]]], model: str, field: str,

@@ -24,7 +24,7 @@ from torch import Tensor
 import bnlab
 from bnlab.data import DATA_DIR_NAMES, load_dataset
 from bnlab.lab.experiments.selu_deep.config import SeluDeepConfig
-from bnlab.lab.experiments.selu_deep.nets import build, forward_stats
+from bnlab.lab.experiments.selu_deep.nets import build, forward_stats, gradient_ratios
 from bnlab.lab.registry import RunContext, RunSetupError
 from bnlab.lab.train import Stepper, batches, check_finite, run_steps
 
@@ -108,6 +108,9 @@ def _train_model(config: SeluDeepConfig, ctx: RunContext, data: Data, name: str)
     ctx.log({"kind": "summary", "seed": ctx.seed, "model": name, "rows": found.rows(collapse=True),
              "total": found.total, "trainable": found.trainable, "non_trainable": found.non_trainable,
              "counters": found.counters, "text": "\n".join(found.totals())})
+    first = slice(0, config.batch_size)  # a fixed batch: the first training images
+    ctx.log({"kind": "gradients", "seed": ctx.seed, "model": name,
+             "ratios": gradient_ratios(model, data["x_train"][first], data["y_train"][first])})
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     per_epoch = steps_per_epoch(config, len(data["x_train"]))
     x_val, y_val = data["x_val"], data["y_val"]
