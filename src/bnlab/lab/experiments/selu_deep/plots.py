@@ -33,6 +33,7 @@ __all__ = ["COLORS", "DIAGNOSTIC_COLORS", "plot"]
 COLORS = {"selu": "#1b9e77", "relu": "#d95f02", "relu_bn": "#7570b3", "selu_dropout": "#e7298a"}
 DIAGNOSTIC_COLORS = {"selu_lecun": "#1b9e77", "relu_he": "#d95f02", "relu_lecun": "#a6761d", "tanh_small": "#666666"}
 SEED_COLOR = "#000000"
+STD_FLOOR = 1e-20  # the diagnostic's std axis: a vanishing line leaves the panel below this
 
 
 def plot(config: SeluDeepConfig, records: list[dict[str, Any]], result: Result, out_dir: Path) -> list[Figure]:
@@ -131,6 +132,7 @@ def _diagnostic(config: SeluDeepConfig, found: dict[tuple[int, str], dict[str, A
         ax_mean.plot(layers, mean, color=DIAGNOSTIC_COLORS[network], linewidth=1.4)
     ax_std.axhspan(*SELU_STD, color=DIAGNOSTIC_COLORS["selu_lecun"], alpha=0.12)
     log_axis(ax_std)
+    ax_std.set_ylim(STD_FLOOR, 10)
     ax_std.set(xlabel="layer", ylabel="std of the layer's output", title="(a) standard deviation (log scale)")
     ax_mean.set(xlabel="layer", ylabel="mean of the layer's output", title="(b) mean")
     for ax in (ax_std, ax_mean):
@@ -139,5 +141,5 @@ def _diagnostic(config: SeluDeepConfig, found: dict[tuple[int, str], dict[str, A
     save(fig, out_dir, "selu_deep_diagnostic")
     return Figure("selu_deep_diagnostic", f"At initialization, {config.diagnostic_samples:,} standardized training "
                                           f"images through {config.depth} bias-free layers of {config.width}: each "
-                                          f"layer's std (a) and mean (b). Shaded: the SELU claim's range "
-                                          f"[{SELU_STD[0]:g}, {SELU_STD[1]:g}].")
+                                          f"layer's std (a; below {STD_FLOOR:g} a line leaves the panel) and mean "
+                                          f"(b). Shaded: the SELU claim's range [{SELU_STD[0]:g}, {SELU_STD[1]:g}].")
