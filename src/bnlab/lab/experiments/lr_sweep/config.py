@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 import bnlab
 from bnlab.data import DATASET_NAMES
 from bnlab.lab import schema
@@ -76,8 +78,6 @@ class LrSweepConfig:
 
 def alphas(config: LrSweepConfig) -> list[float]:
     """The step sizes α of the landscape measurement, log-spaced from alpha_min to alpha_max."""
-    import numpy as np
-
     return [float(a) for a in np.logspace(np.log10(config.alpha_min), np.log10(config.alpha_max), config.alpha_count)]
 
 
