@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,16 @@ import pytest
 import torch
 
 import bnlab
+from bnlab.lab import registry
 from bnlab.lab.experiments.selu_deep import SeluDeepConfig, claims
 from bnlab.lab.experiments.selu_deep.config import records, units
 from bnlab.lab.experiments.selu_deep.nets import build, forward_stats, gradient_ratios
 from bnlab.lab.experiments.selu_deep.plots import COLORS, DIAGNOSTIC_COLORS
 from bnlab.lab.experiments.selu_deep.train import generator_for, load, standardize, train
+from bnlab.lab.records import read_metrics
 from bnlab.lab.registry import RunContext, get_experiment
 from bnlab.lab.result import Result
-from bnlab.lab.runner import make_config, run_experiment
+from bnlab.lab.runner import make_config, resume_run, run_experiment
 from bnlab.lab.schema import why_wrong
 from lab.chromium import check_report
 from tolerances import assert_as_accurate_as_torch
@@ -265,6 +268,36 @@ def test_units_and_the_seed_004_table() -> None:
                                   "seed 004: val_accuracy", "Géron HOML3: val_accuracy"]
     assert table.rows[0][5:] == ["1.2359", "0.5200", "0.8552", "0.6756", "0.6444"]
     assert isinstance(result, Result)
+
+
+def test_an_interrupted_run_resumes_network_by_network(smoke_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    experiment = get_experiment("selu_deep")
+    config = make_config(experiment, smoke=True)
+    started: list[dict[str, Any]] = []
+
+    def interrupted(config: Any, ctx: RunContext) -> None:
+        started.append(dict(ctx.unit))
+        if len(started) == 3:  # in the middle of the third unit, the BN network
+            raise KeyboardInterrupt
+        experiment.train(config, ctx)
+
+    monkeypatch.setitem(registry.experiments(), "selu_deep", dataclasses.replace(experiment, train=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(registry.experiments()["selu_deep"], config, out_root=tmp_path, seeds=(0,), device="cpu",
+                       progress=False)
+    (run_dir,) = (tmp_path / "selu_deep").iterdir()
+    monkeypatch.setitem(registry.experiments(), "selu_deep", experiment)
+    resume_run(run_dir, progress=False)
+    done = [r["unit"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "unit_done"]
+    assert started == units(config)[:3] and done == units(config)  # each unit done once, in order
+
+    def measured(path: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(path / "metrics.jsonl")
+                if r["kind"] in ("epoch", "end", "gradients", "diagnostic", "summary")]
+
+    assert measured(run_dir) == measured(smoke_run)  # a resumed run measures what an uninterrupted one does
+    assert json.loads((run_dir / "result.json").read_text())["complete"]
 
 
 def test_report_renders(smoke_run: Path, tmp_path: Path) -> None:
