@@ -172,7 +172,7 @@ def test_config_checks_and_units() -> None:
 
 # -- verdicts from hand-made records -------------------------------------------------------------------------------
 
-CONFIG = InceptionConfig(steps=1000, eval_every=100, lr_half_life=1000)
+CONFIG = InceptionConfig(steps=1000, eval_every=100, lr_half_life=1000, lr=0.01)
 
 
 def curve(variant: str, accuracies: list[float], *, seed: int = 0,
