@@ -18,6 +18,7 @@ from bnlab.lab.experiments.inception_mini.nets import MiniInception, initialize
 from bnlab.lab.experiments.inception_mini.plots import COLORS, PAPER_COLOR
 from bnlab.lab.experiments.inception_mini.train import (
     ExponentialDecay,
+    batch_stream,
     build,
     optimizer_for,
     validation_accuracy,
@@ -27,6 +28,7 @@ from bnlab.lab.records import read_metrics
 from bnlab.lab.registry import get_experiment
 from bnlab.lab.runner import make_config, run_experiment
 from bnlab.lab.schema import why_wrong
+from bnlab.lab.train import batches
 from lab.chromium import check_report
 
 
@@ -144,6 +146,16 @@ def test_measurements_against_float64() -> None:
         assert weight_norm(model) == pytest.approx(float(reference), rel=1e-12)
         model.weight[0, 0] = math.inf
         assert weight_norm(model) is None
+
+
+def test_batch_stream_gives_the_batches_of_the_lab_loop() -> None:
+    x = torch.arange(70.0).reshape(35, 2)
+    y = torch.arange(35)
+    ours = batch_stream(x, y, 8, seed=4)
+    theirs = batches((x, y), 8, torch.Generator().manual_seed(4))
+    for _ in range(10):  # two and a half epochs: a fresh permutation each epoch, the last partial batch dropped
+        (xa, ya), (xb, yb) = next(ours), next(theirs)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_non_finite_logits_count_as_wrong() -> None:

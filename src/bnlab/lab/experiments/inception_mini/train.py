@@ -13,6 +13,7 @@ A variant whose mean training loss stops being finite stops there: it has diverg
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,14 +21,13 @@ from torch import Tensor
 
 import bnlab
 from bnlab.data import DATA_DIR_NAMES, load_dataset
-from bnlab.lab import engine
 from bnlab.lab.experiments.inception_mini.config import VARIANTS, Hyper, InceptionConfig, eval_steps, hyper
 from bnlab.lab.experiments.inception_mini.nets import MiniInception, initialize
 from bnlab.lab.registry import RunContext, RunSetupError
-from bnlab.lab.train import Hook, check_finite
+from bnlab.lab.train import Hook, batches, check_finite, run_steps, supervised_step
 
-__all__ = ["EVAL_CHUNK", "ExponentialDecay", "build", "optimizer_for", "prepare", "train", "validation_accuracy",
-           "weight_norm"]
+__all__ = ["EVAL_CHUNK", "ExponentialDecay", "batch_stream", "build", "optimizer_for", "prepare", "train",
+           "validation_accuracy", "weight_norm"]
 
 EVAL_CHUNK = 1_000  # validation images per forward pass (bounds the memory of an evaluation)
 
@@ -126,6 +126,14 @@ def weight_norm(model: torch.nn.Module) -> float | None:
     return norm if math.isfinite(norm) else None
 
 
+def batch_stream(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless (images, labels) batches in the order ``batches`` gives for ``seed`` (a fresh permutation each
+    epoch), gathered per batch: the data were checked once when loaded, and a short run should not copy the whole
+    training set to permute it (``engine.train`` does both for every unit)."""
+    for (index,) in batches((torch.arange(len(x), device=x.device),), batch_size, torch.Generator().manual_seed(seed)):
+        yield x[index], y[index]
+
+
 def train(config: InceptionConfig, ctx: RunContext) -> None:
     """Train the variant ``ctx.unit["variant"]`` for one seed: an ``eval`` record per evaluation step, then an
     ``end`` record."""
@@ -143,9 +151,9 @@ def train(config: InceptionConfig, ctx: RunContext) -> None:
     def log(record: dict[str, Any]) -> None:
         ctx.log({"kind": "eval", "seed": ctx.seed, "variant": name, **record})
 
-    result = engine.train(model, x_train, y_train, optimizer, steps=config.steps, batch_size=config.batch_size,
-                          seed=ctx.seed, eval_steps=eval_steps(config), evaluate=evaluate, on_eval=log,
-                          hooks=[decay], data_name=f"the {config.dataset} training images", progress=ctx.progress,
-                          desc=f"inception_mini seed {ctx.seed} {name}")
+    stream = batch_stream(x_train, y_train, config.batch_size, ctx.seed)
+    result = run_steps(supervised_step(model, optimizer), stream, steps=config.steps, models=[model],
+                       eval_steps=eval_steps(config), evaluate=lambda: evaluate(model), on_eval=log, hooks=[decay],
+                       progress=ctx.progress, desc=f"inception_mini seed {ctx.seed} {name}")
     ctx.log({"kind": "end", "seed": ctx.seed, "variant": name, "steps": result.steps, "diverged": result.diverged,
              "seconds": round(result.seconds, 2)})
