@@ -26,6 +26,7 @@ __all__ = ["COLORS", "PAPER_COLOR", "plot"]
 COLORS = {"inception": "#d62728", "bn-baseline": "#1f77b4", "bn-x5": "#2ca02c", "bn-x30": "#9467bd",
           "bn-x5-sigmoid": "#ff7f0e", "inception-x5": "#8c564b", "inception-sigmoid": "#7f7f7f"}
 PAPER_COLOR = "#bcbd22"  # the paper's bars in the speed-up figure
+DECADES = 10.0  # panels (b, c) switch to a log scale when their values span more than this ratio
 _DASHED = {"inception", "inception-x5", "inception-sigmoid"}  # without BN
 
 
@@ -41,7 +42,7 @@ def plot(config: InceptionConfig, records: list[dict[str, Any]], result: Result,
         notes += f" Drawn from seed(s) {', '.join(map(str, seeds.judged))}; left out: {seeds.describe()}."
     base = best(c[BASELINE]) if BASELINE in c else None
     figures = [_curves(config, c, base, out_dir, notes)]
-    if base is not None and base[1] > 0 and seeds.judged:
+    if base is not None and seeds.judged and len(c) > 1:  # one bar pair of 1.0 says nothing
         figures.append(_speedup(config, c, base, out_dir))
     return figures
 
@@ -76,7 +77,8 @@ def _curves(config: InceptionConfig, c: Mapping[str, Curves], base: tuple[float,
     ax_l.set(title="(b) training loss (mean between evaluations)", xlabel="training steps")
     ax_w.set(title="(c) norm of all weights", xlabel="training steps")
     for ax in (ax_l, ax_w):
-        if ax.lines:
+        values = np.concatenate([line.get_ydata() for line in ax.lines]) if ax.lines else np.array([])
+        if values.size and values.max() > DECADES * values.min():  # a blow-up: show it on a log scale
             log_axis(ax)
     for ax in (ax_a, ax_l, ax_w):
         ax.grid(alpha=0.3)
