@@ -53,7 +53,7 @@ def _line(name: str) -> dict[str, Any]:
 
 def _curves(config: InceptionConfig, c: Mapping[str, Curves], base: tuple[float, int] | None, out_dir: Path,
             notes: str) -> Figure:
-    fig, (ax_a, ax_l, ax_w) = new_figure(3, width=4.6)
+    fig, (ax_a, ax_l, ax_w) = new_figure(3, width=4.6, height=4.0)
     for name, curve in c.items():
         mean = curve.mean_accuracy()
         keep = np.isfinite(mean)
@@ -73,7 +73,9 @@ def _curves(config: InceptionConfig, c: Mapping[str, Curves], base: tuple[float,
     if base is not None:
         ax_a.axhline(base[0], color=COLORS[BASELINE], linestyle=":", linewidth=1)
     ax_a.set(title="(a) validation accuracy", xlabel="training steps", ylabel="accuracy", ylim=(0, 1))
-    ax_a.legend(loc="lower right", fontsize="small")
+    if ax_a.lines:  # one legend for the three panels, below them: inside (a) it would hide the curves at chance
+        fig.legend(handles=[line for line in ax_a.lines if not line.get_label().startswith("_")],
+                   loc="outside lower center", ncol=min(len(c), 4), fontsize="small", frameon=False)
     ax_l.set(title="(b) training loss (mean between evaluations)", xlabel="training steps")
     ax_w.set(title="(c) norm of all weights", xlabel="training steps")
     for ax in (ax_l, ax_w):
