@@ -3,7 +3,9 @@ float64, the verdicts against hand-made records, a diverging run, and the report
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 import bnlab
+from bnlab.lab import registry
 from bnlab.lab.experiments.inception_mini import InceptionConfig, claims
 from bnlab.lab.experiments.inception_mini.config import eval_steps, hyper, units
 from bnlab.lab.experiments.inception_mini.config import records as record_schema
@@ -26,7 +29,7 @@ from bnlab.lab.experiments.inception_mini.train import (
 )
 from bnlab.lab.records import read_metrics
 from bnlab.lab.registry import get_experiment
-from bnlab.lab.runner import make_config, run_experiment
+from bnlab.lab.runner import make_config, resume_run, run_experiment
 from bnlab.lab.schema import why_wrong
 from bnlab.lab.train import batches
 from lab.chromium import check_report
@@ -307,6 +310,43 @@ def test_a_diverging_variant_stops_and_says_so(tmp_path: Path) -> None:
     evals = [r for r in records if r["kind"] == "eval"]
     assert end["diverged"] and end["steps"] < config.steps
     assert evals[-1]["step"] == end["steps"] and evals[-1]["train_loss"] is None  # the non-finite mean
+
+
+def test_an_interrupted_run_resumes_to_the_same_records(smoke_run: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cut inside BN-x5 (the third unit), after its first evaluation: resuming drops that unit's partial records and
+    # trains it again from its seed, so the records match the uninterrupted smoke run's, value for value.
+    experiment = get_experiment("inception_mini")
+    real_train = experiment.train
+    trained: list[str] = []
+
+    def cutting(config: InceptionConfig, ctx: Any) -> None:
+        trained.append(ctx.unit["variant"])
+
+        def log(record: dict[str, Any]) -> None:
+            ctx.log(record)
+            if record["variant"] == "bn-x5" and record["kind"] == "eval" and len(trained) == 3:
+                raise KeyboardInterrupt
+
+        real_train(config, replace(ctx, log=log))
+
+    monkeypatch.setitem(registry.experiments(), "inception_mini", replace(experiment, train=cutting))
+    config = make_config(experiment, smoke=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(registry.experiments()["inception_mini"], config, out_root=tmp_path, seeds=(0,),
+                       device="cpu", progress=False)
+    (cut,) = (tmp_path / "inception_mini").iterdir()
+    assert not (cut / "result.json").exists()
+    resume_run(cut, progress=False)
+    assert trained == ["inception", "bn-baseline", "bn-x5", *config.variants[2:]]  # only what was not done
+
+    def measured(run_dir: Path) -> list[tuple[Any, ...]]:
+        return [(r["variant"], r["step"], r["val_accuracy"], r["train_loss"], r["weight_norm"])
+                for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+
+    assert measured(cut) == measured(smoke_run)
+    result = json.loads((cut / "result.json").read_text())
+    assert result["complete"] and result["claims"] == json.loads((smoke_run / "result.json").read_text())["claims"]
 
 
 def test_report_renders(smoke_run: Path, tmp_path: Path) -> None:
