@@ -6,6 +6,7 @@ computation on a batch-norm network, and for what they must leave alone; and Act
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,7 @@ def mse(output: Tensor, batch: tuple[Tensor, ...]) -> Tensor:
 def chain(widths: list[int], dtype: torch.dtype, seed: int = 0) -> torch.nn.Sequential:
     """A bias-free linear chain widths[0] → … → widths[-1]."""
     torch.manual_seed(seed)
-    layers = [torch.nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:], strict=False)]
+    layers = [torch.nn.Linear(a, b, bias=False) for a, b in itertools.pairwise(widths)]
     return torch.nn.Sequential(*layers).to(dtype)
 
 
@@ -157,7 +158,9 @@ def test_covariate_shift_of_a_batch_norm_network_matches_autograd() -> None:
         net.load_state_dict({**net.state_dict(), **weights})
         net.train()
         mse(net(batch[0]), batch).backward()
-        return dict(net.named_parameters())[name].grad.detach().reshape(-1)
+        grad = dict(net.named_parameters())[name].grad
+        assert grad is not None
+        return grad.detach().reshape(-1)
 
     old = {n: p.detach() for n, p in before.named_parameters()}
     new = {n: p.detach() for n, p in model.named_parameters()}
@@ -215,7 +218,8 @@ class Snapshot(Hook):
 
     def before_step(self, event: OptimizerStep) -> None:
         self.seen.append({"state": {k: v.clone() for k, v in event.model.state_dict().items()},
-                          "grads": {n: p.grad.clone() for n, p in event.model.named_parameters()}})
+                          "grads": {n: p.grad.clone() for n, p in event.model.named_parameters()
+                                    if p.grad is not None}})
 
 
 @pytest.mark.parametrize("probe_kind", [pytest.param("landscape", id="landscape"), pytest.param("ics", id="ics")])
@@ -262,7 +266,7 @@ def test_covariate_shift_names_a_missing_parameter() -> None:
     probe = CovariateShiftProbe(mse, [["0.weight"], ["2.weight"]], steps={1})
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = problem(8, 3, 3, torch.float32)
-    with pytest.raises(ValueError, match="no parameter named '2.weight'"):
+    with pytest.raises(ValueError, match=r"no parameter named '2\.weight'"):
         run_steps(lambda b, s: _mse_step(model, optimizer, b, s), iter([(x, y)]), steps=1, models=[model],
                   hooks=[probe], progress=False)
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bnlab.lab.experiments.santurkar import SanturkarConfig, claims
+from bnlab.lab.experiments.santurkar.config import cnn_lr, probed, units
 from bnlab.lab.experiments.santurkar.config import records as record_schema
-from bnlab.lab.experiments.santurkar.config import units
 from bnlab.lab.experiments.santurkar.measures import LandscapeSeries, median_step_change
 from bnlab.lab.experiments.santurkar.nets import NoisyShift, cnn, dln, layer_parameters, preactivation, shared_weights
 from bnlab.lab.experiments.santurkar.plots import COLORS
@@ -75,7 +75,7 @@ def test_deep_linear_network() -> None:
     plain, with_bn = dln(25, 10, batch_norm=False), dln(25, 10, batch_norm=True)
     assert len(layer_parameters(plain)) == 25 and layer_parameters(with_bn)[24] == ["fc25.weight"]
     shared_weights([plain, with_bn], torch.Generator().manual_seed(0), init="orthogonal")
-    w = plain.fc7.weight.detach()
+    w = dict(plain.named_parameters())["fc7.weight"].detach()
     torch.testing.assert_close(w @ w.T, torch.eye(10), atol=1e-5, rtol=0)  # orthogonal: norms kept through depth
     x = torch.randn(64, 10)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_deep_linear_network() -> None:
 
 CONFIG = SanturkarConfig(dataset="synthetic", steps=100, eval_every=50, trace_every=10, probe_every=50,
                          dln_steps=100, dln_probe_every=50)
-ETAS = np.array(CONFIG.etas)
+BN = probed(CONFIG)[1]  # BN at Standard's learning rate: the network probed beside Standard on the CNN
 CLAIM = {"noise_as_good": 0, "better": 1, "moves": 2, "noise_hurts": 3, "ics_cnn": 4, "ics_dln": 5, "cosine": 6,
          "dln_l2": 7, "loss_range": 8, "predictive": 9, "beta": 10}
 
@@ -99,7 +99,9 @@ def healthy(seed: int = 0) -> list[dict[str, Any]]:
     steps = [1, *range(10, 101, 10)]
     p50 = {"standard": np.linspace(0, 0.5, 11), "bn": np.full(11, 0.02), "bn_noise": 0.3 * (-1.0) ** np.arange(11),
            "noise": np.linspace(0, 5, 11)}
-    for v in CONFIG.variants:
+    accuracy[BN], loss[BN], p50[BN] = 0.88, 0.33, np.full(11, 0.02)
+    variants: list[str] = [*CONFIG.variants, BN]
+    for v in variants:
         for step in (0, 50, 100):
             recs.append({"kind": "eval", "seed": seed, "net": "cnn", "variant": v, "step": step,
                          "train_loss": None if step == 0 else loss[v],
@@ -109,7 +111,7 @@ def healthy(seed: int = 0) -> list[dict[str, Any]]:
                          "p15": list(p50[v] - 1), "p50": list(p50[v]), "p85": list(p50[v] + 1)})
         recs.append({"kind": "end", "seed": seed, "net": "cnn", "variant": v, "steps": 100, "diverged": False,
                      "seconds": 1.0})
-    ics = {("cnn", "standard"): (0.2, 0.85), ("cnn", "bn"): (0.25, 0.86), ("dln", "standard"): (0.01, 0.999),
+    ics = {("cnn", "standard"): (0.2, 0.85), ("cnn", BN): (0.25, 0.86), ("dln", "standard"): (0.01, 0.999),
            ("dln", "bn"): (0.04, 0.998)}
     for (net, v), (relative, cosine) in ics.items():
         n = 6 if net == "cnn" else 24
@@ -121,7 +123,7 @@ def healthy(seed: int = 0) -> list[dict[str, Any]]:
             recs.append({"kind": "end", "seed": seed, "net": net, "variant": v, "steps": 100, "diverged": False,
                          "seconds": 1.0})
     land = {"standard": (np.linspace(0.5, 1.5, 8), np.linspace(0.5, 4, 8)),
-            "bn": (np.linspace(0.45, 0.6, 8), np.linspace(0.1, 0.8, 8))}
+            BN: (np.linspace(0.45, 0.6, 8), np.linspace(0.1, 0.8, 8))}
     for v, (losses, changes) in land.items():
         for step in (1, 50, 100):
             recs.append({"kind": "landscape", "seed": seed, "net": "cnn", "variant": v, "step": step, "loss": 0.5,
@@ -137,9 +139,9 @@ def verdicts(recs: list[dict[str, Any]], config: SanturkarConfig = CONFIG) -> di
 def change(recs: list[dict[str, Any]], kind: str, variant: str, net: str = "cnn", **values: Any) -> None:
     """Set ``values`` on every ``kind`` record of ``variant`` on ``net`` (the last evaluation only, for evals)."""
     for r in recs:
-        if r["kind"] == kind and r["variant"] == variant and r.get("net", "cnn") == net:
-            if kind != "eval" or r["step"] == 100:
-                r.update(values)
+        mine = r["kind"] == kind and r["variant"] == variant and r.get("net", "cnn") == net
+        if mine and (kind != "eval" or r["step"] == 100):
+            r.update(values)
 
 
 def test_a_healthy_run_reproduces_every_claim() -> None:
@@ -181,11 +183,11 @@ def _noise_without_bn_diverges(recs: list[dict[str, Any]]) -> None:
 
 
 def _bn_reduces_ics(recs: list[dict[str, Any]]) -> None:
-    change(recs, "ics", "bn", l2=[0.05] * 6)  # relative 0.1 against Standard's 0.2
+    change(recs, "ics", BN, l2=[0.05] * 6)  # relative 0.1 against Standard's 0.2
 
 
 def _bn_better_aligned(recs: list[dict[str, Any]]) -> None:
-    change(recs, "ics", "bn", cosine=[0.99] * 6)  # more than 0.05 above 0.85
+    change(recs, "ics", BN, cosine=[0.99] * 6)  # more than 0.05 above 0.85
 
 
 def _dln_bn_smaller(recs: list[dict[str, Any]]) -> None:
@@ -193,7 +195,7 @@ def _dln_bn_smaller(recs: list[dict[str, Any]]) -> None:
 
 
 def _loss_range_similar(recs: list[dict[str, Any]]) -> None:
-    change(recs, "landscape", "bn", losses=list(np.linspace(0.5, 1.2, 8)))
+    change(recs, "landscape", BN, losses=list(np.linspace(0.5, 1.2, 8)))
 
 
 def _standard_loss_blows_up(recs: list[dict[str, Any]]) -> None:
@@ -201,7 +203,7 @@ def _standard_loss_blows_up(recs: list[dict[str, Any]]) -> None:
 
 
 def _bn_less_predictive(recs: list[dict[str, Any]]) -> None:
-    change(recs, "landscape", "bn", grad_changes=list(np.linspace(0.5, 5, 8)))
+    change(recs, "landscape", BN, grad_changes=list(np.linspace(0.5, 5, 8)))
 
 
 @pytest.mark.parametrize(("edit", "expected"), [
@@ -236,13 +238,25 @@ def test_a_claim_holds_only_if_it_holds_in_every_seed() -> None:
 
 def test_claims_without_their_networks_are_not_judged() -> None:
     config = replace(CONFIG, variants=("standard", "bn"), dln=False)
-    recs = [r for r in healthy() if r.get("variant") in ("standard", "bn") and r.get("net", "cnn") == "cnn"]
+    recs = [r for r in healthy() if r.get("variant") in ("standard", "bn", BN) and r.get("net", "cnn") == "cnn"]
     got = verdicts(recs, config)
     # "better" needs BN + noise too; the cosine claim is judged on the networks there are (the CNN).
     assert {k for k, v in got.items() if v == "not judged"} == {"noise_as_good", "better", "moves", "noise_hurts",
                                                                 "ics_dln", "dln_l2"}
     result = claims.summarize(config, recs)
     assert "did not train the DLN" in result.claims[CLAIM["ics_dln"]].evidence
+
+
+def test_with_one_learning_rate_the_bn_run_is_the_one_probed() -> None:
+    config = replace(CONFIG, bn_lr=CONFIG.lr)
+    recs = []
+    for r in healthy():
+        if r.get("variant") == BN and r["kind"] in ("ics", "landscape"):
+            recs.append({**r, "variant": "bn"})
+        elif r.get("variant") != BN:
+            recs.append(r)
+    assert set(verdicts(recs, config).values()) == {"reproduced"}
+    assert verdicts(recs)["ics_cnn"] == "not judged"  # with two learning rates, BN at Standard's is missing
 
 
 def test_an_unfinished_unit_leaves_its_claims_unjudged_and_the_run_incomplete() -> None:
@@ -276,10 +290,16 @@ def test_config_refuses_meaningless_settings(settings: dict[str, Any], message: 
         SanturkarConfig(**settings)
 
 
-def test_units() -> None:
-    assert units(SanturkarConfig()) == [*({"net": "cnn", "variant": v} for v in ("standard", "bn", "bn_noise", "noise")),
-                                        {"net": "dln", "variant": "standard"}, {"net": "dln", "variant": "bn"}]
+def test_units_and_learning_rates() -> None:
+    """Part (a) trains the BN networks at bn_lr; parts (b, c) need BN at Standard's lr: one more run, unless equal."""
+    cnns = [{"net": "cnn", "variant": v} for v in ("standard", "bn", "bn_noise", "noise")]
+    dlns = [{"net": "dln", "variant": "standard"}, {"net": "dln", "variant": "bn"}]
+    assert units(SanturkarConfig()) == [*cnns, {"net": "cnn", "variant": "bn_same_lr"}, *dlns]
+    assert units(SanturkarConfig(bn_lr=0.02)) == [*cnns, *dlns]
     assert units(SanturkarConfig(variants=("bn",), dln=False)) == [{"net": "cnn", "variant": "bn"}]
+    assert probed(SanturkarConfig()) == ("standard", "bn_same_lr") and probed(SanturkarConfig(bn_lr=0.02))[1] == "bn"
+    assert [cnn_lr(SanturkarConfig(), v) for v in ("standard", "bn", "bn_noise", "noise", "bn_same_lr")] == [
+        0.02, 0.1, 0.1, 0.02, 0.02]
 
 
 # --- a run, and its report ---
@@ -297,15 +317,16 @@ def test_smoke_run_records_every_part(santurkar_run: Path) -> None:
     recs = read_metrics(santurkar_run / "metrics.jsonl")
     config = make_config(get_experiment("santurkar"), smoke=True)
     kinds = {(r["kind"], r.get("net"), r.get("variant")) for r in recs}
-    for variant in ("standard", "bn"):
+    for variant in ("standard", "bn_same_lr"):  # the probed pair: both at lr
         assert ("ics", "cnn", variant) in kinds and ("landscape", "cnn", variant) in kinds
-        assert ("ics", "dln", variant) in kinds
+    assert ("ics", "dln", "standard") in kinds and ("ics", "dln", "bn") in kinds
+    assert ("ics", "cnn", "bn") not in kinds  # BN at bn_lr is part (a)'s
     assert ("ics", "cnn", "bn_noise") not in kinds  # the noise would make G and G' differ by itself
     traces = [r for r in recs if r["kind"] == "trace"]
-    assert len(traces) == 4 * len(config.trace_layers)
+    assert len(traces) == 5 * len(config.trace_layers)
     # Step 1, then every trace_every = 2 steps of 20 (a network that diverged stops early: Standard + noise may).
     assert all(r["steps"] == [1, *range(2, 21, 2)] for r in traces if r["variant"] in ("standard", "bn"))
-    landscape = [r for r in recs if r["kind"] == "landscape" and r["variant"] == "bn"]
+    landscape = [r for r in recs if r["kind"] == "landscape" and r["variant"] == "bn_same_lr"]
     assert [r["step"] for r in landscape] == [1, 10, 20]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bnlab.lab.experiments.santurkar.config import PROBED, SanturkarConfig, units
+from bnlab.lab.experiments.santurkar.config import SanturkarConfig, cnn_lr, probed, units
 from bnlab.lab.experiments.santurkar.measures import (
     Final,
     final,
@@ -41,7 +41,7 @@ LOSS_RANGE_RATIO = 0.5  # BN's median loss variation at most 0.5 × Standard's
 BETA_RATIO = 0.5  # BN's median effective β-smoothness at most 0.5 × Standard's
 
 LABELS = {"standard": "Standard", "bn": "Standard + BN", "bn_noise": "Standard + BN + noise",
-          "noise": "Standard + noise"}
+          "noise": "Standard + noise", "bn_same_lr": "Standard + BN at Standard's lr"}
 
 Records = Sequence[dict[str, Any]]
 
@@ -112,8 +112,10 @@ def _noisy_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -
             return None
         std, bn, noisy = got
         holds = all(_acc(f) >= _acc(std) + BETTER_MARGIN and not f.diverged for f in (bn, noisy))
+        same = final(records, seed, "cnn", "bn_same_lr")
+        beside = "" if same is None else f"; BN at Standard's lr {_pct(_acc(same))} (not judged)"
         return holds, (f"Standard {_pct(_acc(std))}{' (diverged)' if std.diverged else ''}, BN {_pct(_acc(bn))}, "
-                       f"BN + noise {_pct(_acc(noisy))}")
+                       f"BN + noise {_pct(_acc(noisy))}{beside}")
 
     def moves_more(seed: int) -> tuple[bool, str] | None:
         parts, holds = [], True
@@ -144,7 +146,8 @@ def _noisy_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -
                   seeds, "the BN and BN + noise CNNs", as_good,
                   f"|difference| ≤ {100 * NOISE_MARGIN:g} pp or loss ratio within 1 ± {NOISE_LOSS_RATIO:g} needed"),
         _per_seed(f"(a) BN and BN + noise both train better than Standard: final training accuracy at least "
-                  f"{100 * BETTER_MARGIN:g} pp higher at the same step budget and learning rate.", seeds,
+                  f"{100 * BETTER_MARGIN:g} pp higher at the same step budget (Standard at lr {config.lr:g}, the BN "
+                  f"networks at lr {config.bn_lr:g}).", seeds,
                   "the Standard, BN and BN + noise CNNs", better, f"+{100 * BETTER_MARGIN:g} pp needed for both"),
         _per_seed("(a) Yet BN + noise's distributions move more than Standard's: the median over training of "
                   f"|Δ median| of unit {config.unit}'s pre-activation between consecutive traced steps (every "
@@ -157,8 +160,14 @@ def _noisy_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -
     ]
 
 
-def _pair(records: Records, seed: int, net: str, get: Callable[..., Any]) -> tuple[Any, Any] | None:
-    std, bn = get(records, seed, net, "standard"), get(records, seed, net, "bn")
+def _bn_of(config: SanturkarConfig, net: str) -> str:
+    """The BN variant compared with Standard on ``net`` in parts (b) and (c): at Standard's learning rate."""
+    return probed(config)[1] if net == "cnn" else "bn"
+
+
+def _pair(config: SanturkarConfig, records: Records, seed: int, net: str,
+          get: Callable[..., Any]) -> tuple[Any, Any] | None:
+    std, bn = get(records, seed, net, "standard"), get(records, seed, net, _bn_of(config, net))
     return None if std is None or bn is None else (std, bn)
 
 
@@ -171,7 +180,7 @@ def _ics_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -> 
             continue
 
         def relative(seed: int, net: str = net) -> tuple[bool, str] | None:
-            pair = _pair(records, seed, net, ics_series)
+            pair = _pair(config, records, seed, net, ics_series)
             if pair is None:
                 return None
             std, bn = (_nanmedian(s.relative) for s in pair)
@@ -180,14 +189,14 @@ def _ics_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -> 
 
         claims.append(_per_seed(
             f"(b) BN does not reduce internal covariate shift measured through gradients (Definition 2.1) on "
-            f"{_net_label(config, net)}: median over training and layers of ‖G − G'‖₂ / ‖G‖₂, BN at least {ICS_RATIO:g} × "
-            f"Standard's.", seeds, f"the Standard and BN {net.upper()}s", relative,
+            f"{_net_label(config, net)}: median over training and layers of ‖G − G'‖₂ / ‖G‖₂, BN at least "
+            f"{ICS_RATIO:g} × Standard's.", seeds, f"the Standard and BN {net.upper()}s", relative,
             f"ratio ≥ {ICS_RATIO:g} needed"))
 
     def cosine(seed: int) -> tuple[bool, str] | None:
         parts, holds, any_net = [], True, False
         for net in ("cnn", "dln"):
-            pair = _pair(records, seed, net, ics_series)
+            pair = _pair(config, records, seed, net, ics_series)
             if pair is None:
                 continue
             any_net = True
@@ -205,7 +214,7 @@ def _ics_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -> 
         return [*claims, Claim(statement, "not judged", "the run did not train the DLN (dln = false).")]
 
     def dln_larger(seed: int) -> tuple[bool, str] | None:
-        pair = _pair(records, seed, "dln", ics_series)
+        pair = _pair(config, records, seed, "dln", ics_series)
         if pair is None:
             return None
         std, bn = (float(np.median(s.l2)) for s in pair)
@@ -217,7 +226,7 @@ def _ics_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -> 
 def _landscape_claims(config: SanturkarConfig, records: Records, seeds: list[int]) -> list[Claim]:
     def series(seed: int) -> tuple[Any, Any] | None:
         std = landscape_series(records, seed, "cnn", "standard", config.etas)
-        bn = landscape_series(records, seed, "cnn", "bn", config.etas)
+        bn = landscape_series(records, seed, "cnn", _bn_of(config, "cnn"), config.etas)
         return None if std is None or bn is None else (std, bn)
 
     def rule(measure: str, ratio: float) -> Callable[[int], tuple[bool, str] | None]:
@@ -229,7 +238,7 @@ def _landscape_claims(config: SanturkarConfig, records: Records, seeds: list[int
             return bn <= ratio * std, f"median {_g(bn)} with BN, {_g(std)} Standard"
         return check
 
-    need = "the Standard and BN CNNs"
+    need = "the Standard and BN CNNs at the same learning rate"
     etas = f"η from {min(config.etas):g} to {max(config.etas):g} ({len(config.etas)} steps)"
     return [
         _per_seed(f"(c) BN's loss landscape varies less along the gradient: the median over training of the range "
@@ -250,7 +259,7 @@ def _tables(config: SanturkarConfig, records: Records, seeds: list[int]) -> list
     train_rows, ics_rows, land_rows, time_rows = [], [], [], []
     for seed in seeds:
         s = [seed] if several else []
-        for variant in config.variants:
+        for variant in [*config.variants, "bn_same_lr"]:
             f = final(records, seed, "cnn", variant)
             if f is None:
                 continue
@@ -258,16 +267,17 @@ def _tables(config: SanturkarConfig, records: Records, seeds: list[int]) -> list
             for layer in config.trace_layers:
                 t = trace(records, seed, variant, layer)
                 moves.append("—" if t is None else _g(median_step_change(t["p50"])))
-            train_rows.append([*s, LABELS[variant], f"{f.step:,}", _pct(f.train_accuracy),
+            train_rows.append([*s, LABELS[variant], f"{cnn_lr(config, variant):g}", f"{f.step:,}",
+                               _pct(f.train_accuracy),
                                "—" if f.train_loss is None else f"{f.train_loss:.4f}", _pct(f.test_accuracy),
                                "yes" if f.diverged else "no", *moves])
         for net in ("cnn", "dln"):
-            for variant in PROBED:
+            for variant in ("standard", _bn_of(config, net)):
                 ics = ics_series(records, seed, net, variant)
                 if ics is not None:
                     ics_rows.append([*s, net.upper(), LABELS[variant], len(ics.steps), _g(float(np.median(ics.l2))),
                                      _g(_nanmedian(ics.relative)), f"{_nanmedian(ics.cosine):.3f}"])
-        for variant in PROBED:
+        for variant in probed(config):
             land = landscape_series(records, seed, "cnn", variant, config.etas)
             if land is not None:
                 land_rows.append([*s, LABELS[variant], len(land.steps), _g(float(np.median(land.loss_range()))),
@@ -278,7 +288,7 @@ def _tables(config: SanturkarConfig, records: Records, seeds: list[int]) -> list
                 time_rows.append([*s, r["net"].upper(), LABELS[r["variant"]], f"{r['seconds']:.1f}"])
     layers = [f"median |Δ p50|, layer {k}" for k in config.trace_layers]
     return [
-        Table("(a) Training of the CNN", [*seed_col, "network", "steps", "training accuracy", "training loss",
+        Table("(a) Training of the CNN", [*seed_col, "network", "lr", "steps", "training accuracy", "training loss",
                                           "test accuracy", "diverged", *layers], train_rows,
               note=f"Training accuracy and loss: the mean over the last {config.eval_every} steps, in train mode "
                    f"(noise on); test accuracy on {config.test_samples:,} test images in eval mode (noise off)."),

@@ -2,8 +2,10 @@
 
 Networks: ``cnn`` (the VGG-style CNN on images) and ``dln`` (the deep linear network on synthetic y = A·x).
 Variants of the CNN: ``standard`` (no BN), ``bn`` (BN before every ReLU), ``bn_noise`` (BN, then Santurkar-style
-noise, before every ReLU) and ``noise`` (the noise without BN); the DLN has ``standard`` and ``bn``. The probes of
-parts (b) and (c) ride on the ``standard`` and ``bn`` runs.
+noise, before every ReLU) and ``noise`` (the noise without BN); the DLN has ``standard`` and ``bn``. Part (a) trains
+Standard and Standard + noise at ``lr`` and the BN variants at ``bn_lr``. Parts (b) and (c) compare Standard and
+BN at the *same* learning rate: their probes ride on the ``standard`` run and on a BN run at ``lr``, which is the
+``bn`` run when ``bn_lr`` equals ``lr`` and otherwise one more unit, ``bn_same_lr`` (:func:`probed`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,29 @@ from bnlab.lab import schema
 from bnlab.lab.registry import Unit
 from bnlab.lab.schema import RecordSchema
 
-__all__ = ["DLN_VARIANTS", "NETS", "PERCENTILES", "PROBED", "SanturkarConfig", "Variant", "VARIANTS", "ics_steps",
-           "landscape_steps", "records", "trace_steps", "units"]
+__all__ = [
+    "DLN_VARIANTS",
+    "NETS",
+    "PERCENTILES",
+    "RECORD_VARIANTS",
+    "VARIANTS",
+    "SanturkarConfig",
+    "Variant",
+    "cnn_lr",
+    "ics_steps",
+    "landscape_steps",
+    "probed",
+    "records",
+    "trace_steps",
+    "units",
+]
 
 Variant = Literal["standard", "bn", "bn_noise", "noise"]
 Net = Literal["cnn", "dln"]
 VARIANTS: tuple[Variant, ...] = ("standard", "bn", "bn_noise", "noise")
 DLN_VARIANTS: tuple[Variant, ...] = ("standard", "bn")
-PROBED: tuple[Variant, ...] = ("standard", "bn")  # the variants whose runs carry the ICS and landscape probes
+# Every variant a record may name: the CNN variants and the BN network at Standard's learning rate.
+RECORD_VARIANTS = (*VARIANTS, "bn_same_lr")
 NETS: tuple[Net, ...] = ("cnn", "dln")
 PERCENTILES = (15, 50, 85)
 CNN_LAYERS = 7  # five convolutions and two fully connected layers
@@ -43,7 +60,8 @@ class SanturkarConfig:
     fc: int = 256  # the hidden fully connected layer
     steps: int = 1400  # SGD steps per CNN (about 3 epochs of 60,000 at batch 128)
     batch_size: int = 128
-    lr: float = 0.05  # every CNN: one learning rate, so Standard and BN are compared at the same one (part c)
+    lr: float = 0.02  # Standard, Standard + noise, and the BN net probed beside Standard (calibrated: its best)
+    bn_lr: float = 0.1  # BN and BN + noise in part (a)
     momentum: float = 0.9  # SGD with momentum
     eval_every: int = 100  # training loss and accuracy (train mode, mean since the last evaluation), test accuracy
     test_samples: int = 5000  # the first this many test images are evaluated (eval mode)
@@ -81,7 +99,7 @@ class SanturkarConfig:
                                 ("dln_probe_every", 1, MAX_STEPS)):
             if not low <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in {low:,}..{high:,}, got {getattr(self, name):,}")
-        for name in ("lr", "dln_lr"):
+        for name in ("lr", "bn_lr", "dln_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
@@ -107,9 +125,23 @@ class SanturkarConfig:
         bnlab.kernels.check_backend_name(self.backend)
 
 
+def probed(config: SanturkarConfig) -> tuple[str, str]:
+    """The CNN variants whose runs carry the ICS and landscape probes: Standard, and BN at Standard's learning
+    rate (``bn`` when ``bn_lr`` equals ``lr``, else ``bn_same_lr``)."""
+    return "standard", "bn" if config.bn_lr == config.lr else "bn_same_lr"
+
+
+def cnn_lr(config: SanturkarConfig, variant: str) -> float:
+    """The learning rate of a CNN variant: ``bn_lr`` for BN and BN + noise, ``lr`` for the others."""
+    return config.bn_lr if variant in ("bn", "bn_noise") else config.lr
+
+
 def units(config: SanturkarConfig) -> list[Unit]:
-    """One unit per network to train: each CNN variant, then the DLN without and with BN."""
+    """One unit per network to train: each CNN variant, BN at Standard's learning rate when it is another run,
+    then the DLN without and with BN."""
     cnns: list[Unit] = [{"net": "cnn", "variant": v} for v in config.variants]
+    if probed(config)[1] == "bn_same_lr" and "standard" in config.variants:
+        cnns.append({"net": "cnn", "variant": "bn_same_lr"})
     return [*cnns, *({"net": "dln", "variant": v} for v in DLN_VARIANTS if config.dln)]
 
 
@@ -136,7 +168,7 @@ def records(config: SanturkarConfig) -> RecordSchema:
     """``eval``: training loss and accuracy since the last evaluation and test accuracy; ``trace``: one unit's
     pre-activation percentiles over training; ``ics``: one probe of Definition 2.1, per layer from the second;
     ``landscape``: one probe along the gradient, per η; ``end``: how a network's training ended."""
-    net, variant = schema.text(NETS), schema.text(VARIANTS)
+    net, variant = schema.text(NETS), schema.text(RECORD_VARIANTS)
     top = max(config.steps, config.dln_steps)
     k = len(config.etas)
     return {

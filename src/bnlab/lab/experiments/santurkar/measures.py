@@ -44,7 +44,9 @@ def final(records: Records, seed: int, net: str, variant: str) -> Final | None:
         return None
     evals = sorted((r for r in records if r["kind"] == "eval" and (r["seed"], r["net"], r["variant"]) ==
                     (seed, net, variant)), key=lambda r: r["step"])
-    last = evals[-1] if evals else {"step": 0, "train_accuracy": None, "train_loss": None, "test_accuracy": None}
+    if not evals:
+        return Final(0, None, None, None, bool(end["diverged"]))
+    last = evals[-1]
     diverged = bool(end["diverged"]) or (last["step"] > 0 and last["train_loss"] is None)
     return Final(last["step"], last["train_accuracy"], last["train_loss"], last["test_accuracy"], diverged)
 

@@ -53,7 +53,9 @@ class NoisyShift(torch.nn.Module):
 
 
 def _normalizer(kind: str, features: int, backend: str) -> torch.nn.Module:
-    return bnlab.BatchNorm2d(features, backend=backend) if kind == "2d" else bnlab.BatchNorm1d(features, backend=backend)
+    if kind == "2d":
+        return bnlab.BatchNorm2d(features, backend=backend)
+    return bnlab.BatchNorm1d(features, backend=backend)
 
 
 def cnn(channels: tuple[int, ...], fc: int, classes: int, *, batch_norm: bool, noise: bool, image_size: int = 28,
@@ -142,7 +144,7 @@ def shared_weights(models: list[torch.nn.Sequential], generator: torch.Generator
     with torch.no_grad():
         reference = {n: p for n, p in models[0].named_parameters()
                      if n.endswith("weight") and not n.startswith("bn")}
-        for name, tensor in reference.items():
+        for tensor in reference.values():
             if init == "orthogonal":
                 torch.nn.init.orthogonal_(tensor, generator=generator)
             else:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bnlab.lab.experiments.santurkar.claims import LABELS
-from bnlab.lab.experiments.santurkar.config import PROBED, SanturkarConfig
+from bnlab.lab.experiments.santurkar.config import SanturkarConfig, cnn_lr, probed
 from bnlab.lab.experiments.santurkar.measures import IcsSeries, ics_series, landscape_series, trace
 from bnlab.lab.plots import log_axis, new_figure, save
 from bnlab.lab.registry import Figure
@@ -22,8 +22,9 @@ from bnlab.lab.result import Result
 
 __all__ = ["COLORS", "plot"]
 
-COLORS = {"standard": "#d62728", "bn": "#1f77b4", "bn_noise": "#2ca02c", "noise": "#ff7f0e"}
-_STYLE = {"standard": "--", "bn": "-", "bn_noise": "-", "noise": ":"}
+COLORS = {"standard": "#d62728", "bn": "#1f77b4", "bn_noise": "#2ca02c", "noise": "#ff7f0e",
+          "bn_same_lr": "#9467bd"}
+_STYLE = {"standard": "--", "bn": "-", "bn_noise": "-", "noise": ":", "bn_same_lr": "-."}
 Records = Sequence[dict[str, Any]]
 
 
@@ -53,7 +54,7 @@ def plot(config: SanturkarConfig, records: list[dict[str, Any]], result: Result,
 def _training(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
     seed = _seed([r for r in records if r["kind"] == "eval" and r["net"] == "cnn"], "eval")
     fig, axes = new_figure(3, width=4.0, height=3.0)
-    for variant in config.variants:
+    for variant in [*config.variants, "bn_same_lr"]:
         evals = sorted((r for r in records if r["kind"] == "eval" and r["net"] == "cnn" and r["seed"] == seed
                         and r["variant"] == variant and r["step"] > 0), key=lambda r: r["step"])
         if not evals:
@@ -61,7 +62,7 @@ def _training(config: SanturkarConfig, records: Records, out_dir: Path) -> Figur
         steps = np.array([r["step"] for r in evals])
         for ax, key in zip(axes, ("train_accuracy", "test_accuracy", "train_loss"), strict=True):
             ax.plot(steps, _finite([r[key] for r in evals]), color=COLORS[variant], linestyle=_STYLE[variant],
-                    marker="o", markersize=2.5, label=LABELS[variant])
+                    marker="o", markersize=2.5, label=f"{LABELS[variant]} (lr {cnn_lr(config, variant):g})")
     for ax, title in zip(axes, ("training accuracy (train mode)", "test accuracy (eval mode)",
                                 "training loss (train mode)"), strict=True):
         ax.set(title=title, xlabel="training steps")
@@ -71,8 +72,11 @@ def _training(config: SanturkarConfig, records: Records, out_dir: Path) -> Figur
     save(fig, out_dir, "santurkar_training")
     return Figure("santurkar_training", f"Part (a), as the paper's Figure 2: the CNN's training accuracy and loss "
                                         f"(the mean over each {config.eval_every} steps, in train mode, noise on) and "
-                                        f"test accuracy (eval mode, noise off) for the four variants, SGD with "
-                                        f"momentum {config.momentum:g} at lr {config.lr:g} (seed {seed}).")
+                                        f"test accuracy (eval mode, noise off) for each variant, SGD with "
+                                        f"momentum {config.momentum:g} at the learning rate in its label (seed "
+                                        f"{seed}). In eval mode the noise is off while the layers after it were "
+                                        f"trained on noisy inputs, which is why the noisy networks' test accuracy "
+                                        f"can be low; the claims read the training accuracy.")
 
 
 def _traces(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
@@ -116,12 +120,12 @@ def _ics(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
     fig, axes = new_figure(3, width=4.0, height=2.9, nrows=len(nets))
     for row, net in enumerate(nets):
         ax_l2, ax_cos, ax_layer = axes[row]
-        for variant in PROBED:
+        for variant in ("standard", probed(config)[1] if net == "cnn" else "bn"):
             s: IcsSeries | None = ics_series(records, seed, net, variant)  # type: ignore[arg-type]
             if s is None:
                 continue
             l2 = np.where(np.isfinite(s.l2), s.l2, np.nan)
-            _band(ax_l2, s.steps, l2, COLORS[variant], LABELS[variant])
+            _band(ax_l2, s.steps, l2, COLORS[variant], LABELS[variant])  # BN at Standard's lr on the CNN
             _band(ax_cos, s.steps, s.cosine, COLORS[variant], LABELS[variant])
             relative = np.where(np.isfinite(s.relative), s.relative, np.nan)
             ax_layer.plot(s.layers, np.nanmedian(relative, axis=0), color=COLORS[variant], marker="o",
@@ -136,7 +140,8 @@ def _ics(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
         ax_cos.legend(loc="lower right", fontsize="small")
     save(fig, out_dir, "santurkar_ics")
     return Figure("santurkar_ics", f"Part (b), as the paper's Figure 3: internal covariate shift measured through "
-                                   f"gradients (Definition 2.1), Standard and BN, on each network (seed {seed}). Left "
+                                   f"gradients (Definition 2.1), Standard and BN at the same learning rate, on each "
+                                   f"network (seed {seed}). Left "
                                    f"and middle: over training, the median over layers 2 and up, shaded from the "
                                    f"smallest to the largest layer; right: each layer's median over training of the "
                                    f"relative difference. G is the gradient a layer's weights receive; G' the same "
@@ -146,7 +151,7 @@ def _ics(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
 def _landscape(config: SanturkarConfig, records: Records, out_dir: Path) -> Figure:
     seed = _seed([r for r in records if r["kind"] == "landscape"], "landscape")
     fig, (ax_loss, ax_grad, ax_beta) = new_figure(3, width=4.0, height=3.0)
-    for variant in PROBED:
+    for variant in probed(config):
         s = landscape_series(records, seed, "cnn", variant, config.etas)  # type: ignore[arg-type]
         if s is None:
             continue
@@ -172,7 +177,8 @@ def _landscape(config: SanturkarConfig, records: Records, out_dir: Path) -> Figu
         ax.legend(loc="upper right", fontsize="small")
     save(fig, out_dir, "santurkar_landscape")
     return Figure("santurkar_landscape", f"Part (c), as the paper's Figure 4: at each probed step of the CNNs' "
-                                         f"training (every {config.probe_every} steps, both at lr {config.lr:g}), "
+                                         f"training (every {config.probe_every} steps, Standard and BN both at lr "
+                                         f"{config.lr:g}), "
                                          f"moving the weights along the gradient g by η·g for η from "
                                          f"{min(config.etas):g} to {max(config.etas):g}, on the step's batch: the "
                                          f"band spans (a) the loss and (b) the change of the gradient over the step "

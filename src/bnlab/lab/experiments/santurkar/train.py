@@ -4,9 +4,10 @@ Every CNN variant of a seed starts from the same weights (drawn from a generator
 draws them alone) and sees the same mini-batches; so do the two DLNs. A CNN unit records, at each evaluation,
 the training loss and accuracy (train mode, the mean over the steps since the last evaluation) and the test
 accuracy (eval mode); at the traced steps, the {15, 50, 85}th percentiles of one unit's pre-activation (over the
-batch and every spatial position, in the training forward pass, noise included) in two layers. The ``standard``
-and ``bn`` runs also carry :class:`~bnlab.lab.train.CovariateShiftProbe` (part b) and
-:class:`~bnlab.lab.train.LandscapeProbe` (part c); the DLN runs carry the first.
+batch and every spatial position, in the training forward pass, noise included) in two layers. The runs of
+Standard and of BN at Standard's learning rate (:func:`~bnlab.lab.experiments.santurkar.config.probed`) also
+carry :class:`~bnlab.lab.train.CovariateShiftProbe` (part b) and :class:`~bnlab.lab.train.LandscapeProbe`
+(part c); the DLN runs carry the first.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import bnlab
 from bnlab.data import DATA_DIR_NAMES, load_dataset
 from bnlab.lab.experiments.santurkar.config import (
     PERCENTILES,
-    PROBED,
     SanturkarConfig,
+    cnn_lr,
     ics_steps,
     landscape_steps,
+    probed,
     trace_steps,
 )
 from bnlab.lab.experiments.santurkar.nets import cnn, dln, layer_parameters, preactivation, shared_weights
@@ -154,17 +156,17 @@ def _log_probes(ctx: RunContext, net: str, variant: str, ics: CovariateShiftProb
 
 def _train_cnn(config: SanturkarConfig, ctx: RunContext, variant: str) -> None:
     x_train, y_train, x_test, y_test, classes = _images(config, ctx.device, ctx.data_dir, ctx.cache)
-    model = cnn(config.channels, config.fc, classes, batch_norm=variant in ("bn", "bn_noise"),
+    model = cnn(config.channels, config.fc, classes, batch_norm=variant in ("bn", "bn_noise", "bn_same_lr"),
                 noise=variant in ("noise", "bn_noise"), image_size=x_train.shape[-1], in_channels=x_train.shape[1],
                 noise_mean=config.noise_mean, noise_scale=config.noise_scale, backend=config.backend)
     shared_weights([model], torch.Generator().manual_seed(ctx.seed))
     model.to(ctx.device)
-    optimizer = make_optimizer(model.parameters(), "momentum", config.lr, momentum=config.momentum)
+    optimizer = make_optimizer(model.parameters(), "momentum", cnn_lr(config, variant), momentum=config.momentum)
     trace = ActivationProbe({f"layer{k}": preactivation(model, k) for k in config.trace_layers}, trace_steps(config),
                             unit=config.unit, quantiles=[p / 100 for p in PERCENTILES])
     hooks: list[Hook] = [trace]
     ics = landscape = None
-    if variant in PROBED:
+    if variant in probed(config):
         ics = CovariateShiftProbe(_cross_entropy, layer_parameters(model), landscape_steps(config))
         landscape = LandscapeProbe(_cross_entropy, config.etas, landscape_steps(config))
         hooks += [ics, landscape]
