@@ -45,5 +45,6 @@ EXPERIMENT = Experiment(
     threads=1,  # small convolutions and a width-10 network: a second thread on a shared 2-core machine costs more
     columns=_columns,
     headline=claims.headline,
-    order=2,
+    # After variance: the tour page lists experiments in this order, and the tour test renders its first 1,400 px.
+    order=5,
 )
