@@ -3,6 +3,7 @@ can fail), the measures against hand arithmetic, and the report as Chromium rend
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from bnlab.lab import registry
 from bnlab.lab.experiments.santurkar import SanturkarConfig, claims
 from bnlab.lab.experiments.santurkar.config import cnn_lr, probed, units
 from bnlab.lab.experiments.santurkar.config import records as record_schema
 from bnlab.lab.experiments.santurkar.measures import LandscapeSeries, median_step_change
 from bnlab.lab.experiments.santurkar.nets import NoisyShift, cnn, dln, layer_parameters, preactivation, shared_weights
 from bnlab.lab.experiments.santurkar.plots import COLORS
-from bnlab.lab.registry import get_experiment
-from bnlab.lab.runner import make_config, run_experiment
+from bnlab.lab.records import read_metrics
+from bnlab.lab.registry import RunContext, get_experiment
+from bnlab.lab.runner import make_config, resume_run, run_experiment
 from bnlab.lab.schema import why_wrong
 from lab.chromium import check_report
 
@@ -312,8 +315,6 @@ def santurkar_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_smoke_run_records_every_part(santurkar_run: Path) -> None:
-    from bnlab.lab.records import read_metrics
-
     recs = read_metrics(santurkar_run / "metrics.jsonl")
     config = make_config(get_experiment("santurkar"), smoke=True)
     kinds = {(r["kind"], r.get("net"), r.get("variant")) for r in recs}
@@ -328,6 +329,52 @@ def test_smoke_run_records_every_part(santurkar_run: Path) -> None:
     assert all(r["steps"] == [1, *range(2, 21, 2)] for r in traces if r["variant"] in ("standard", "bn"))
     landscape = [r for r in recs if r["kind"] == "landscape" and r["variant"] == "bn_same_lr"]
     assert [r["step"] for r in landscape] == [1, 10, 20]
+
+
+def _measured(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's records without its bookkeeping (units started and done, resumptions) and timings."""
+    bookkeeping = {"plan", "unit_start", "unit_done"}
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run_dir / "metrics.jsonl")
+            if r["kind"] not in bookkeeping]
+
+
+def test_an_interrupted_run_resumes_unit_by_unit(santurkar_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """Stopped inside its third unit (BN + noise, after two records), the run resumes: the first two units are
+    kept, the third's records are dropped and measured again, and the records equal an uninterrupted run's."""
+    experiment = get_experiment("santurkar")
+    config = make_config(experiment, smoke=True)
+    trained: list[dict[str, Any]] = []
+
+    def interrupted(config: Any, ctx: RunContext) -> None:
+        trained.append(dict(ctx.unit))
+        if len(trained) < 3:
+            experiment.train(config, ctx)
+            return
+        logged: list[dict[str, Any]] = []
+
+        def log(record: dict[str, Any]) -> None:
+            if len(logged) == 2:
+                raise KeyboardInterrupt
+            logged.append(record)
+            ctx.log(record)
+
+        experiment.train(config, replace(ctx, log=log))
+
+    monkeypatch.setitem(registry.experiments(), "santurkar", replace(experiment, train=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(registry.experiments()["santurkar"], config, out_root=tmp_path, seeds=(0,), device="cpu",
+                       progress=False)
+    (run_dir,) = (tmp_path / "santurkar").iterdir()
+    assert not (run_dir / "result.json").exists()
+    cut = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["variant"] for r in cut if r["kind"] == "eval"][-2:] == ["bn_noise"] * 2  # the third unit's two
+    monkeypatch.setitem(registry.experiments(), "santurkar", experiment)
+    resume_run(run_dir, progress=False)
+    done = [r["unit"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "unit_done"]
+    assert done == units(config)  # each unit once, in order
+    assert _measured(run_dir) == _measured(santurkar_run)  # the dropped records measured again, the same
+    assert json.loads((run_dir / "result.json").read_text())["complete"]
 
 
 def test_report_renders(santurkar_run: Path, tmp_path: Path) -> None:
