@@ -6,7 +6,8 @@ probe costs nothing on the steps it skips beyond a Python call, and no host read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,24 +15,56 @@ from torch import Tensor
 
 from bnlab.lab.train.loop import Hook, OptimizerStep
 
-__all__ = ["ActivationProbe", "GradientProbe", "LossAlongDirection"]
+__all__ = ["ActivationProbe", "GradientProbe", "LossAlongDirection", "probe_pass"]
+
+_probe_passes = 0  # how many probe evaluations are running (a probe's forward passes are not training's)
+
+
+@contextlib.contextmanager
+def probe_pass() -> Iterator[None]:
+    """Mark the forward passes inside as a probe's own evaluation of the network (at moved weights, say), not the
+    training step's: :class:`ActivationProbe` does not sample them."""
+    global _probe_passes
+    _probe_passes += 1
+    try:
+        yield
+    finally:
+        _probe_passes -= 1
 
 
 class ActivationProbe(Hook):
     """Mean and standard deviation of the outputs of ``modules`` (by name) in the forward passes of the steps in
-    ``steps``, over the batch and all features. Call :meth:`close` to remove its forward hooks."""
+    ``steps``, over the batch and all features. Call :meth:`close` to remove its forward hooks.
 
-    def __init__(self, modules: Mapping[str, torch.nn.Module], steps: Collection[int]) -> None:
+    With ``unit``, the statistics are those of one feature alone (index ``unit`` along dim 1: a linear layer's
+    unit, a convolution's channel), over the batch and every spatial position. ``quantiles`` (each in [0, 1], e.g.
+    (0.15, 0.5, 0.85)) adds those quantiles of the same values (linear interpolation, as :func:`torch.quantile`).
+    Forward passes that other probes make inside :func:`probe_pass` are not sampled.
+    """
+
+    def __init__(self, modules: Mapping[str, torch.nn.Module], steps: Collection[int], unit: int | None = None,
+                 quantiles: Sequence[float] = ()) -> None:
+        if any(not 0 <= q <= 1 for q in quantiles):
+            raise ValueError(f"quantiles must be in [0, 1], got {list(quantiles)}")
         self.steps = set(steps)
+        self.unit, self.quantiles = unit, [float(q) for q in quantiles]
         self._on = 0  # the step being sampled, or 0
         self._stats: list[tuple[int, str, Tensor]] = []
         self._handles = [m.register_forward_hook(self._capture(name)) for name, m in modules.items()]
 
     def _capture(self, name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, inputs: Any, output: Tensor) -> None:
-            if self._on:
+            if self._on and not _probe_passes:
                 y = output.detach().float()
-                self._stats.append((self._on, name, torch.stack([y.mean(), y.std()])))
+                if self.unit is not None:
+                    if y.dim() < 2 or not 0 <= self.unit < y.shape[1]:
+                        raise ValueError(f"unit {self.unit} is not a feature of {name}'s output of shape "
+                                         f"{tuple(y.shape)} (features along dim 1)")
+                    y = y.select(1, self.unit)
+                stats = [y.mean(), y.std()]
+                if self.quantiles:
+                    stats.extend(torch.quantile(y.reshape(-1), torch.tensor(self.quantiles, device=y.device)))
+                self._stats.append((self._on, name, torch.stack(stats)))
         return hook
 
     def start_step(self, step: int) -> None:
@@ -41,8 +74,16 @@ class ActivationProbe(Hook):
         self._on = 0  # forward passes after the update (a GAN's second network) are not this step's sample
 
     def results(self) -> list[dict[str, Any]]:
-        """``{"step", "module", "mean", "std"}`` per sampled forward pass, in order."""
-        return [{"step": s, "module": n, "mean": v[0].item(), "std": v[1].item()} for s, n, v in self._stats]
+        """``{"step", "module", "mean", "std"}`` per sampled forward pass, in order, with ``"quantiles"`` (a list,
+        one per quantile asked for) when there are some."""
+        out = []
+        for s, n, v in self._stats:
+            values = v.tolist()
+            row: dict[str, Any] = {"step": s, "module": n, "mean": values[0], "std": values[1]}
+            if self.quantiles:
+                row["quantiles"] = values[2:]
+            out.append(row)
+        return out
 
     def close(self) -> None:
         for handle in self._handles:
@@ -96,7 +137,7 @@ class LossAlongDirection(Hook):
         buffers = dict(model.named_buffers())
         base = event.loss.detach()
         ratios = []
-        with torch.no_grad():
+        with torch.no_grad(), probe_pass():
             for alpha in self.alphas:
                 moved = {n: params[n] - alpha * grads[n] for n in params}
                 copies = {n: b.clone() for n, b in buffers.items()}
