@@ -121,6 +121,13 @@ def test_the_raw_gap_and_the_gap_closed_are_reported() -> None:
     assert "of the raw eval-mode FD gap 40, 100% closed" in result.claims[3].evidence
 
 
+def test_no_raw_gap_is_said_to_leave_nothing_to_close() -> None:
+    result = claims.summarize(DcganConfig(), run_records(**{"0/bn/eval": {"frechet": 12.0}}))
+    assert result.claims[3].verdict == "reproduced"
+    assert "no gap for recalibration to close" in result.claims[3].evidence
+    assert "same quality by claim 4's tolerances" in result.claims[4].evidence
+
+
 def test_one_generator_leaves_seed_000s_comparison_unjudged() -> None:
     config = DcganConfig(generators=("bn",))
     got = verdicts(run_records(generators=("bn",)), config)
