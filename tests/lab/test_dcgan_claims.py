@@ -130,8 +130,9 @@ def test_no_raw_gap_is_said_to_leave_nothing_to_close() -> None:
 
 def test_one_generator_leaves_seed_000s_comparison_unjudged() -> None:
     config = DcganConfig(generators=("bn",))
-    got = verdicts(run_records(generators=("bn",)), config)
-    assert got == [*ALL_HOLD[:5], "not judged", "reported"]
+    result = claims.summarize(config, run_records(generators=("bn",)))
+    assert [c.verdict for c in result.claims] == [*ALL_HOLD[:5], "not judged", "reported"]
+    assert "did not train both generators" in result.claims[5].evidence
 
 
 def test_seed_000_evidence_gives_both_generators_final_losses() -> None:
@@ -144,6 +145,7 @@ def test_an_unfinished_generator_marks_the_run_incomplete() -> None:
     records = [r for r in run_records() if r.get("generator") != "plain"]
     result = claims.summarize(DcganConfig(), records)
     assert not result.complete and "seed 0 plain" in (result.incomplete or "")
+    assert result.claims[5].verdict == "not judged" and "not finished both generators" in result.claims[5].evidence
 
 
 def test_the_doctors_findings_become_a_table() -> None:
@@ -191,4 +193,4 @@ def test_report_renders(smoke_run: Path, tmp_path: Path) -> None:
                                        "no-BN generator's loss curves": GENERATOR_COLORS["plain"],
                                        "eval-mode bars": MODE_COLORS["eval"],
                                        "recalibrated bars": MODE_COLORS["recalibrated"]},
-                 name="dcgan_modes.png", height=3000)
+                 name="dcgan_modes.png", height=4500)

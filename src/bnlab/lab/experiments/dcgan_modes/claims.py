@@ -182,7 +182,7 @@ def final_losses(records: Sequence[dict[str, Any]], seed: int, generator: str) -
     return out
 
 
-def _seed000(records: Sequence[dict[str, Any]]) -> Claim:
+def _seed000(config: DcganConfig, records: Sequence[dict[str, Any]]) -> Claim:
     statement = ("Seed 000's comparison (reported): the generator with BN against the one without, each with its own "
                  "discriminator from the same start; the blog saw sharper samples with BN, a higher discriminator "
                  "loss and a lower generator loss.")
@@ -200,7 +200,9 @@ def _seed000(records: Sequence[dict[str, Any]]) -> Claim:
         if len(parts) == 2:
             texts.append(f"seed {seed}: " + "; ".join(parts))
     if not texts:
-        return Claim(statement, "not judged", "the run did not train both generators (generators = bn,plain).")
+        why = ("the run did not train both generators (generators = bn,plain)" if len(set(config.generators)) < 2
+               else "the run has not finished both generators yet (bnlab resume continues it)")
+        return Claim(statement, "not judged", why + ".")
     return Claim(statement, "reported", " | ".join(texts) + f" (final: mean over the last {LAST_SHARE:.0%} of the "
                                                            f"steps).")
 
@@ -271,7 +273,7 @@ def summarize(config: DcganConfig, records: list[dict[str, Any]]) -> Result:
     if not any(r["kind"] in ("mode", "classifier") for r in records):
         raise ValueError("the run holds no measurement yet (no classifier or mode record)")
     claims = [_recognisable(config, records, "train"), _recognisable(config, records, "recalibrated"),
-              _batch_claim(records), _recalibration_claim(records), _raw_gap(records), _seed000(records),
+              _batch_claim(records), _recalibration_claim(records), _raw_gap(records), _seed000(config, records),
               _doctor_claim(records)]
     ends = [r for r in records if r["kind"] == "end"]
     planned = {(s, g) for s in {r["seed"] for r in records if r["kind"] == "classifier"} for g in config.generators}
