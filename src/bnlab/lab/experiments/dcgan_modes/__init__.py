@@ -46,5 +46,5 @@ EXPERIMENT = Experiment(
     threads=1,
     columns=_columns,
     headline=claims.headline,
-    order=5,
+    order=7,
 )
