@@ -9,10 +9,14 @@ The public surface:
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
   :func:`bnlab.doctor`, and :class:`bnlab.FrozenBatchNorm2d` (and 1d/3d).
-- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
+- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.functional.batch_norm_act` (also
+  ``bnlab.fused.batch_norm_act``): act(BN(x) + residual) as one operation.
+
+The backends themselves (:mod:`bnlab.kernels`) are importable for those who write one (CONTRIBUTING.md), but are
+not part of this surface.
 """
 
-from bnlab import functional, fused, kernels, nn, ops, reference, tools
+from bnlab import functional, fused, nn, reference, tools
 from bnlab.kernels import BackendUnavailableError, available_backends
 from bnlab.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 from bnlab.tools import convert, doctor, fold, freeze, recalibrate
@@ -35,9 +39,7 @@ __all__ = [
     "freeze",
     "functional",
     "fused",
-    "kernels",
     "nn",
-    "ops",
     "recalibrate",
     "reference",
     "tools",

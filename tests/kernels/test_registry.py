@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -10,7 +12,6 @@ from bnlab.kernels import (
     ENV_VAR,
     Backend,
     BackendUnavailableError,
-    TrainBackward,
     TrainForward,
     available_backends,
     backend_names,
@@ -80,21 +81,24 @@ class _CudaOnly(Backend):
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
         return 100
 
-    def forward_train(self, x, weight, bias, eps):  # type: ignore[no-untyped-def]
+    def stats(self, x, mask=None):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
-    def backward(self, grad_y, x, weight, mean, invstd) -> TrainBackward:  # type: ignore[no-untyped-def]
+    def elemt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
-    def forward_eval(self, x, running_mean, running_var, weight, bias, eps):  # type: ignore[no-untyped-def]
+    def backward_reduce(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("never called on CPU")
+
+    def backward_elemt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
 
 @pytest.fixture
-def cuda_only_backend(monkeypatch: pytest.MonkeyPatch) -> Backend:
+def cuda_only_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
-    monkeypatch.setattr(registry, "_RESOLVED", {})
-    return registry.register(_CudaOnly())
+    yield registry.register(_CudaOnly())
+    registry.clear_cache()  # the stand-in leaves with the monkeypatch: forget what was answered with it
 
 
 def test_explicit_backend_that_cannot_run_says_why(cuda_only_backend: Backend) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from bnlab.nn.policy import FOLLOW_MODE
 from bnlab.tools._fold_math import CONV, WEIGHT_LAYERS, WeightLayer, fold_after, fold_before
 from bnlab.tools._layers import NormLayer, has_running_stats, input_ranks, running_stats
 
@@ -26,8 +27,13 @@ def foldable_bn(bn: nn.Module) -> str | None:
         return "not a batch-norm layer"
     if not has_running_stats(bn):
         return "it has no running statistics (track_running_stats=False), so it normalizes with batch statistics"
-    if getattr(bn, "normalize_with", None) == "batch" or getattr(bn, "update_stats", None):
-        return "bnlab.tools.freeze set it to use or update batch statistics at inference"
+    if getattr(bn, "activation", "identity") != "identity":
+        # A fused BatchNormAct layer is batch norm followed by an activation: folding the batch norm away would
+        # drop the activation with it.
+        return f"it applies a {bn.activation} activation after the batch norm, which folding would drop"
+    policy = getattr(bn, "stats_policy", FOLLOW_MODE)  # torch's own layers have none: they follow the mode
+    if policy.normalize_with == "batch" or policy.update_stats:
+        return "its statistics policy (bnlab.freeze) uses or updates batch statistics at inference"
     mean, var = running_stats(bn)
     if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
         return "its running statistics are not finite"
