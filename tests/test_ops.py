@@ -57,6 +57,12 @@ def test_custom_ops_pass_opcheck(backend_name: str) -> None:
     torch.library.opcheck(_autograd.train_op, (x.detach().to(memory_format=torch.contiguous_format), None, None,
                                                None, 1e-5, "identity", 0.01, "input", chosen))
     torch.library.opcheck(_autograd.train_op, (x, r, w, b, 1e-5, "relu", 0.01, "input", chosen))
+    # save="output": the kept input is an output whose size (0, or all of x) only the kernel knows.
+    torch.library.opcheck(_autograd.train_op, (x, None, w, b, 1e-5, "elu", 0.01, "output", chosen))
+    zero_gamma = w.detach().clone()
+    zero_gamma[1] = 0.0
+    torch.library.opcheck(_autograd.train_op, (x, r, zero_gamma.requires_grad_(), b, 1e-5, "leaky_relu", 0.01,
+                                               "output", chosen))
     mean, invstd = torch.randn(3), torch.rand(3) + 0.5
     torch.library.opcheck(_autograd.train_backward_op, (torch.randn(4, 3, 5), x.detach(), x.new_empty(0), None,
                                                         w.detach(), None, mean, invstd, "identity", 0.01, "input",

@@ -118,9 +118,10 @@ def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, ru
     average of a module with ``momentum=None``.
     """
     if (residual is None and activation == "identity" and isinstance(chosen, Backend)
-            and chosen.provides_complete_op):
+            and chosen.provides_complete_op and input.numel()):
         # Eager plain call: one ATen call does everything, running update included (the Python around the
-        # phases would cost more than the kernel on small layers).
+        # phases would cost more than the kernel on small layers). Not for empty batches: ATen fails on zero
+        # channels with parameters, where the path below returns an empty output.
         momentum = float(factor) if isinstance(factor, Tensor) else factor
         return chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if input.dim() < 2:  # an empty 1-D batch, which torch accepts
@@ -134,7 +135,9 @@ def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, ru
         y, mean, _, var = _autograd.train(chosen, input, residual, w, b, eps, activation, negative_slope, save)
         _stats.update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), factor)
         return y
-    assert running_mean is not None and running_var is not None  # checked, for the type checker
+    if running_mean is None or running_var is None:  # only an empty batch gets here without them (as in torch)
+        running_mean, running_var = input.new_zeros(input.shape[1], dtype=acc), input.new_ones(input.shape[1],
+                                                                                                  dtype=acc)
     return _autograd.evaluate(chosen, input, residual, running_mean.to(acc), running_var.to(acc), w, b, eps,
                               activation, negative_slope)
 

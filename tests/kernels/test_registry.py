@@ -122,3 +122,35 @@ def test_register_refuses_duplicates_and_reserved_names(cuda_only_backend: Backe
 
 def test_bnlab_exports_available_backends() -> None:
     assert bnlab.available_backends is available_backends
+
+
+def test_answers_follow_the_environment_availability_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # triton's availability on CPU reads TRITON_INTERPRET: an answer given with it set must not outlive it.
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed here")
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve("triton", cpu, torch.float32).name == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+        resolve("triton", cpu, torch.float32)
+    assert "triton" not in available_backends("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve("triton", cpu, torch.float32).name == "triton"
+
+
+def test_clear_cache_makes_the_registry_ask_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = get_backend("native")
+    asked: list[str] = []
+    original = type(native).unavailable_reason
+    monkeypatch.setattr(type(native), "unavailable_reason",
+                        lambda self, device, dtype: asked.append("native") or original(self, device, dtype))
+    registry.clear_cache()
+    resolve("native", torch.device("cpu"), torch.float16)
+    resolve("native", torch.device("cpu"), torch.float16)
+    assert asked == ["native"], "answered from the cache the second time"
+    registry.clear_cache()
+    resolve("native", torch.device("cpu"), torch.float16)
+    assert asked == ["native", "native"]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from bnlab import _stats
-from bnlab._checks import check_batch_norm_args, check_input_rank, check_residual
+from bnlab._checks import check_act_args, check_batch_norm_args, check_input_rank, check_residual
 from bnlab._shapes import INPUT_RANKS
 from bnlab.functional import choose, normalize_with_running_then_update, run
 from bnlab.kernels import registry
@@ -46,7 +46,9 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         running_mean = running_var = None
     check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)
     activation, slope, save = module.activation, module.negative_slope, module.save
-    if residual is not None or activation != "identity":
+    if residual is not None or activation != "identity" or save != "input":
+        # The fused layer's attributes may have been changed since __init__ checked them.
+        check_act_args(activation, slope, save)
         check_residual(input, residual)
     if torch.compiler.is_compiling():
         # The backend as an id tensor, resolved when the graph runs: a name would be a guard per module.
