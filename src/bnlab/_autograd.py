@@ -166,7 +166,7 @@ def _backward_train(ctx: Any, grad_y: Tensor, *unused: Any) -> tuple[Any, ...]:
     if torch.is_grad_enabled():
         grads = _differentiable_backward(grad_y, saved, residual, weight, bias, eps, activation, slope, from_output,
                                          need)
-    elif isinstance(backend, Backend):
+    elif not isinstance(backend, Tensor):
         dx, dres, dweight, dbias = _backward(backend, grad_y, saved, residual, weight, bias, mean, invstd,
                                              activation, slope, from_output, has_residual and need[1])
         grads = (dx, dres, dweight, dbias)
@@ -334,7 +334,7 @@ def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight:
 
     ``backend``: the resolved backend (eager), or a backend id tensor (under torch.compile: the custom op).
     """
-    if not isinstance(backend, Backend):
+    if isinstance(backend, Tensor):
         y, mean, invstd, var, _, _ = train_op(x, residual, weight, bias, eps, activation, slope, save, backend)
         return y, mean, invstd, var
     if _functorch_active():
@@ -346,7 +346,7 @@ def evaluate(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, runn
              running_var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, activation: str,
              slope: float) -> Tensor:
     """Inference-mode act(BN(x) + r) with population statistics; ``backend`` as for :func:`train`."""
-    if not isinstance(backend, Backend):
+    if isinstance(backend, Tensor):
         return eval_op(x, residual, running_mean, running_var, weight, bias, eps, activation, slope, backend)
     if _functorch_active():
         return _EvalTransformFunction.apply(x, residual, running_mean, running_var, weight, bias, eps, activation,

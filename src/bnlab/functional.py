@@ -117,7 +117,8 @@ def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, ru
     ``factor`` is the averaging factor of the running update: the momentum, or 1/t (a tensor) for the cumulative
     average of a module with ``momentum=None``.
     """
-    if (residual is None and activation == "identity" and isinstance(chosen, Backend)
+    # (A Tensor `chosen` is a backend id under torch.compile; isinstance on it is cheaper than on the Backend ABC.)
+    if (residual is None and activation == "identity" and not isinstance(chosen, Tensor)
             and chosen.provides_complete_op and input.numel()):
         # Eager plain call: one ATen call does everything, running update included (the Python around the
         # phases would cost more than the kernel on small layers). Not for empty batches: ATen fails on zero
@@ -158,7 +159,7 @@ def normalize_with_running_then_update(chosen: Backend | Tensor, input: Tensor, 
         with torch.no_grad():
             # The backend's statistics phase; in a traced graph, the same moments in torch ops.
             x = input.detach()
-            moments = chosen.stats(x) if isinstance(chosen, Backend) else _stats.batch_moments(x)
+            moments = _stats.batch_moments(x) if isinstance(chosen, Tensor) else chosen.stats(x)
             mean, var = _stats.mean_var(moments)
         _stats.update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), factor)
     return y

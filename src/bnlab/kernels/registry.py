@@ -27,9 +27,32 @@ _WATCHED: tuple[str, ...] = (ENV_VAR,)
 _RESOLVED: dict[tuple[object, ...], Backend] = {}
 # "auto"'s order of the available backends per (device type, dtype, watched values), for the size-aware choice.
 _ORDER: dict[tuple[object, ...], list[Backend]] = {}
-# Every name a backend may be given, "auto" first, as small integers (module buffers carry them into compiled
-# graphs, where a string would become a guard per value).
+# Whole answers of resolve() per call kind (the above plus size, mode, layout): one dict lookup on the hot path.
+_CHOSEN: dict[tuple[object, ...], Backend] = {}
+_CHOSEN_MAX = 4096  # sizes vary with batch size and sequence length: forget everything rather than grow forever
+# Every name a backend may be given, "auto" first, as small integers (modules carry them into compiled graphs as
+# tensors, where a string would become a guard per value).
 _NAMES: list[str] = [AUTO]
+
+
+# os.environ's own dict, read directly: os.environ.get encodes the key and raises KeyError inside for each missing
+# variable, microseconds per call on a path that runs for every layer. The mapping stays os.environ's (its
+# __setitem__ and monkeypatch.setenv write into it); other Pythons fall back to os.environ.get.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENCODE = getattr(os.environ, "encodekey", None)
+
+
+def _watched_keys() -> tuple[object, ...]:
+    return tuple(_ENCODE(v) for v in _WATCHED) if _ENCODE is not None else _WATCHED
+
+
+_WATCHED_KEYS = _watched_keys()
+
+
+def _watched_values() -> tuple[object, ...]:
+    if _ENVIRON is not None:
+        return tuple([_ENVIRON.get(k) for k in _WATCHED_KEYS])
+    return tuple([os.environ.get(v) for v in _WATCHED])
 
 
 class BackendUnavailableError(RuntimeError):
@@ -38,13 +61,14 @@ class BackendUnavailableError(RuntimeError):
 
 def register(backend: Backend) -> Backend:
     """Add a backend under ``backend.name``; registering a name twice is a programming error."""
-    global _WATCHED
+    global _WATCHED, _WATCHED_KEYS
     if not backend.name or backend.name == AUTO:
         raise ValueError(f"a backend needs a name other than {AUTO!r}, got {backend.name!r}")
     if backend.name in _BACKENDS:
         raise ValueError(f"a backend named {backend.name!r} is already registered")
     _BACKENDS[backend.name] = backend
     _WATCHED = (*_WATCHED, *(v for v in backend.environment if v not in _WATCHED))
+    _WATCHED_KEYS = _watched_keys()
     if backend.name not in _NAMES:
         _NAMES.append(backend.name)
     clear_cache()
@@ -55,6 +79,7 @@ def clear_cache() -> None:
     """Forget every cached answer (availability, "auto"'s order); the next call asks the backends again."""
     _RESOLVED.clear()
     _ORDER.clear()
+    _CHOSEN.clear()
 
 
 def backend_names() -> list[str]:
@@ -103,11 +128,6 @@ def available_backends(device: torch.device | str = "cpu", dtype: torch.dtype = 
     return [b.name for b in usable]
 
 
-def _watched_values() -> tuple[str | None, ...]:
-    get = os.environ.get
-    return tuple(get(v) for v in _WATCHED)
-
-
 def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | None = None,
             training: bool = True, fused: bool = False, channels_last: bool = False) -> Backend:
     """The backend that runs a call: ``name`` itself, or for ``"auto"`` ``$BNLAB_BACKEND`` or the best one.
@@ -125,13 +145,20 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
         env = os.environ.get(ENV_VAR, "")
         return _BACKENDS[_resolve_while_tracing(name, env if env != AUTO else "", device.type, dtype)]
     watched = _watched_values()
-    key = (name, device.type, dtype, watched)
+    call = (name, device.type, dtype, watched, numel, training, fused, channels_last)
+    backend = _CHOSEN.get(call)
+    if backend is not None:
+        return backend
+    key = call[:4]
     backend = _RESOLVED.get(key)
     if backend is None:
-        env = watched[0] or ""
+        env = os.environ.get(ENV_VAR, "")
         backend = _RESOLVED[key] = _resolve(name, env if env != AUTO else "", device.type, dtype)
-    if numel is not None and name == AUTO and not (watched[0] and watched[0] != AUTO):
+    if numel is not None and name == AUTO and not env_override():
         backend = _by_size(backend, device, dtype, numel, training, fused, channels_last, watched)
+    if len(_CHOSEN) >= _CHOSEN_MAX:
+        _CHOSEN.clear()
+    _CHOSEN[call] = backend
     return backend
 
 
@@ -148,7 +175,7 @@ def _resolve_while_tracing(name: str, env: str, device_type: str, dtype: torch.d
 
 
 def _by_size(best: Backend, device: torch.device, dtype: torch.dtype, numel: int, training: bool,
-             fused: bool, channels_last: bool, watched: tuple[str | None, ...]) -> Backend:
+             fused: bool, channels_last: bool, watched: tuple[object, ...]) -> Backend:
     if numel >= best.auto_min_numel(device, dtype, training, fused, channels_last):
         return best
     key = (device.type, dtype, watched)
