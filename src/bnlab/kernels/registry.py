@@ -23,13 +23,12 @@ AUTO = "auto"
 _BACKENDS: dict[str, Backend] = {}
 # The environment variables answers depend on: BNLAB_BACKEND, then those the backends declare.
 _WATCHED: tuple[str, ...] = (ENV_VAR,)
-# Answers per (name, device type, dtype, values of the watched variables).
+# Answers per (name, device type, dtype, values of the watched variables), and whole answers of resolve() per call
+# kind (the same plus size, mode and layout): one dict lookup on the hot path.
 _RESOLVED: dict[tuple[object, ...], Backend] = {}
+_RESOLVED_MAX = 4096  # sizes vary with batch size and sequence length: forget everything rather than grow forever
 # "auto"'s order of the available backends per (device type, dtype, watched values), for the size-aware choice.
 _ORDER: dict[tuple[object, ...], list[Backend]] = {}
-# Whole answers of resolve() per call kind (the above plus size, mode, layout): one dict lookup on the hot path.
-_CHOSEN: dict[tuple[object, ...], Backend] = {}
-_CHOSEN_MAX = 4096  # sizes vary with batch size and sequence length: forget everything rather than grow forever
 # Every name a backend may be given, "auto" first, as small integers (modules carry them into compiled graphs as
 # tensors, where a string would become a guard per value).
 _NAMES: list[str] = [AUTO]
@@ -79,7 +78,6 @@ def clear_cache() -> None:
     """Forget every cached answer (availability, "auto"'s order); the next call asks the backends again."""
     _RESOLVED.clear()
     _ORDER.clear()
-    _CHOSEN.clear()
 
 
 def backend_names() -> list[str]:
@@ -146,9 +144,11 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
         return _BACKENDS[_resolve_while_tracing(name, env if env != AUTO else "", device.type, dtype)]
     watched = _watched_values()
     call = (name, device.type, dtype, watched, numel, training, fused, channels_last)
-    backend = _CHOSEN.get(call)
+    backend = _RESOLVED.get(call)
     if backend is not None:
         return backend
+    if len(_RESOLVED) >= _RESOLVED_MAX:
+        _RESOLVED.clear()
     key = call[:4]
     backend = _RESOLVED.get(key)
     if backend is None:
@@ -156,9 +156,7 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
         backend = _RESOLVED[key] = _resolve(name, env if env != AUTO else "", device.type, dtype)
     if numel is not None and name == AUTO and not env_override():
         backend = _by_size(backend, device, dtype, numel, training, fused, channels_last, watched)
-    if len(_CHOSEN) >= _CHOSEN_MAX:
-        _CHOSEN.clear()
-    _CHOSEN[call] = backend
+    _RESOLVED[call] = backend
     return backend
 
 

@@ -1,4 +1,5 @@
-"""Model-level tools over batch-norm modules: pure functions that return a new model or a report.
+"""Model-level tools over batch-norm modules: functions that return a new model or a report, except
+:func:`recalibrate`, which updates the given model's running statistics in place.
 
 - :func:`fold`: fold batch norm into the neighbouring conv/linear weights for inference;
 - :func:`recalibrate`: recompute running statistics from data (Algorithm 2), in place;
