@@ -88,25 +88,28 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
     shape = input.shape
-    if training and shape and _one_value(shape):
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {shape}: a variance "
-            f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
-        )
-    # torch's rule and wording: ε = 0 is allowed with running statistics (their variance is then trusted to be
+    # torch's rule and wording for ε: 0 is allowed with running statistics (their variance is then trusted to be
     # positive), never with batch statistics, where a constant channel would divide by zero.
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if training:
+        if shape and _one_value(shape):
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {shape}: a variance "
+                f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
+            )
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if input.numel() == 0:
+    if not input.numel():
         return  # torch checks nothing more of an empty batch: it returns an empty output whatever the rest
     if len(shape) < 2:
         raise RuntimeError(
             f"batch_norm expects an input of shape (N, C, *) with at least 2 dimensions, got shape "
             f"{tuple(shape)}; add a batch dimension with input.unsqueeze(0) if this is one sample"
         )
-    channels, device, param_dtype = shape[1], input.device, None
+    channels, dtype, same_dtype = shape[1], input.dtype, True
+    # is_cpu first: on a CPU input (the common case) it settles the device with one cheap attribute per tensor.
+    on_cpu = input.is_cpu
     for index, t in enumerate((running_mean, running_var, weight, bias)):
         if t is None:
             if index < 2 and not training:
@@ -115,46 +118,42 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
                     f"running statistics); pass both running buffers, or training=True to use the batch's own "
                     f"statistics"
                 )
-            continue
-        if t.numel() != channels:
-            raise RuntimeError(
-                f"{_PARAM_NAMES[index]} should contain {channels} elements not {t.numel()}: the input of shape "
-                f"{tuple(shape)} has {channels} channels (dimension 1), and batch norm keeps one value per "
-                f"channel; build the layer with num_features={channels} or check which dimension holds the channels"
-            )
-        if t.device != device:
-            raise RuntimeError(
-                f"{_PARAM_NAMES[index]} is on {t.device} but the input is on {device}; move the layer with "
-                f".to(device)"
-            )
-        if param_dtype is None:
-            param_dtype = t.dtype
-        elif t.dtype != param_dtype:
-            param_dtype = _MIXED
-    if torch.is_grad_enabled():
-        for index, t in enumerate((running_mean, running_var)):
-            if t is not None and t.requires_grad:
+        else:
+            if t.numel() != channels:
                 raise RuntimeError(
-                    f"{_PARAM_NAMES[index]} requires grad, but batch norm does not differentiate through running "
-                    f"statistics; pass {_PARAM_NAMES[index]}.detach() or a buffer"
+                    f"{_PARAM_NAMES[index]} should contain {channels} elements not {t.numel()}: the input of shape "
+                    f"{tuple(shape)} has {channels} channels (dimension 1), and batch norm keeps one value per "
+                    f"channel; build the layer with num_features={channels} or check which dimension holds the "
+                    f"channels"
                 )
+            if (not t.is_cpu) if on_cpu else t.device != input.device:
+                raise RuntimeError(
+                    f"{_PARAM_NAMES[index]} is on {t.device} but the input is on {input.device}; move the layer "
+                    f"with .to(device)"
+                )
+            if t.dtype is not dtype:  # dtypes are singletons
+                same_dtype = False
+    if ((running_mean is not None and running_mean.requires_grad)
+            or (running_var is not None and running_var.requires_grad)) and torch.is_grad_enabled():
+        name = "running_mean" if running_mean is not None and running_mean.requires_grad else "running_var"
+        raise RuntimeError(
+            f"{name} requires grad, but batch norm does not differentiate through running statistics; pass "
+            f"{name}.detach() or a buffer"
+        )
     if training and (running_mean is None) != (running_var is None):
         given = "running_mean" if running_var is None else "running_var"
         raise ValueError(
             f"running_mean and running_var must either both be None or neither be None: only {given} was given, "
             f"and a training call updates both; pass the other buffer too, or neither"
         )
-    if input.dtype not in _FLOAT_SET:
+    if dtype not in _FLOAT_SET:
         # torch raises NotImplementedError (a RuntimeError) for integer and complex inputs.
         raise NotImplementedError(
-            f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {input.dtype}; "
+            f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {dtype}; "
             f"convert it with input.float()"
         )
-    if param_dtype is not None and param_dtype != input.dtype:
+    if not same_dtype:
         _check_dtypes(input, running_mean, running_var, weight, bias)
-
-
-_MIXED = torch.uint8  # a marker: the parameters do not share one dtype (never a valid parameter dtype)
 
 
 def _one_value(shape: torch.Size) -> bool:

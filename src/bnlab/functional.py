@@ -20,7 +20,7 @@ from torch import Tensor
 
 from bnlab import _autograd, _stats
 from bnlab._checks import check_act_args, check_batch_norm_args, check_momentum, check_residual
-from bnlab._shapes import accumulation_dtype, memory_format_of, values_per_channel
+from bnlab._shapes import accumulation_dtype, values_per_channel
 from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
 
@@ -103,9 +103,7 @@ def choose(backend: str, input: Tensor, training: bool, residual: Tensor | None 
         if backend_id is not None:
             return backend_id
         return torch.tensor(registry.name_id(registry.check_backend_name(backend)))
-    return registry.resolve(backend, input.device, input.dtype, input.numel(), training,
-                            fused=residual is not None or activation != "identity",
-                            channels_last=memory_format_of(input) is not torch.contiguous_format)
+    return registry.resolve_for(backend, input, training, residual is not None or activation != "identity")
 
 
 def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,

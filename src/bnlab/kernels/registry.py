@@ -12,9 +12,12 @@ for when something else availability depends on changes (a compiler installed wh
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
+from torch import Tensor
 
+from bnlab._shapes import memory_format_of
 from bnlab.kernels.base import Backend
 
 ENV_VAR = "BNLAB_BACKEND"
@@ -41,17 +44,19 @@ _ENVIRON = getattr(os.environ, "_data", None)
 _ENCODE = getattr(os.environ, "encodekey", None)
 
 
-def _watched_keys() -> tuple[object, ...]:
-    return tuple(_ENCODE(v) for v in _WATCHED) if _ENCODE is not None else _WATCHED
+def _watched_reader() -> Callable[[], tuple[object, ...]]:
+    """A function returning the watched variables' values, built once per registration: the reads of the two
+    usual variables written out (a third of the time of a general loop over them)."""
+    if _ENVIRON is None or _ENCODE is None:
+        return lambda: tuple(map(os.environ.get, _WATCHED))
+    get, keys = _ENVIRON.get, tuple(_ENCODE(v) for v in _WATCHED)
+    if len(keys) == 2:
+        first, second = keys
+        return lambda: (get(first), get(second))
+    return lambda: tuple(map(get, keys))
 
 
-_WATCHED_KEYS = _watched_keys()
-
-
-def _watched_values() -> tuple[object, ...]:
-    if _ENVIRON is not None:
-        return tuple([_ENVIRON.get(k) for k in _WATCHED_KEYS])
-    return tuple([os.environ.get(v) for v in _WATCHED])
+_watched_values = _watched_reader()
 
 
 class BackendUnavailableError(RuntimeError):
@@ -60,14 +65,14 @@ class BackendUnavailableError(RuntimeError):
 
 def register(backend: Backend) -> Backend:
     """Add a backend under ``backend.name``; registering a name twice is a programming error."""
-    global _WATCHED, _WATCHED_KEYS
+    global _WATCHED, _watched_values
     if not backend.name or backend.name == AUTO:
         raise ValueError(f"a backend needs a name other than {AUTO!r}, got {backend.name!r}")
     if backend.name in _BACKENDS:
         raise ValueError(f"a backend named {backend.name!r} is already registered")
     _BACKENDS[backend.name] = backend
     _WATCHED = (*_WATCHED, *(v for v in backend.environment if v not in _WATCHED))
-    _WATCHED_KEYS = _watched_keys()
+    _watched_values = _watched_reader()
     if backend.name not in _NAMES:
         _NAMES.append(backend.name)
     clear_cache()
@@ -142,14 +147,34 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype, numel: int | No
         # cannot follow. The size-aware choice is left out here, since shapes may be symbolic while tracing.
         env = os.environ.get(ENV_VAR, "")
         return _BACKENDS[_resolve_while_tracing(name, env if env != AUTO else "", device.type, dtype)]
+    return _resolve_call(name, device, dtype, numel, training, fused, channels_last)
+
+
+def resolve_for(name: str, x: Tensor, training: bool, fused: bool = False) -> Backend:
+    """:func:`resolve` for an eager call on input ``x`` (its device, dtype, size and memory format).
+
+    The hot path of every layer call: one dictionary lookup once the answer is known. Not for use while
+    torch.compile traces (see :func:`resolve`).
+    """
+    channels_last = x.dim() > 3 and memory_format_of(x) is not torch.contiguous_format
+    device = x.device
+    # Keyed by the device itself: device.type builds a new string on every read, three times the lookup's cost.
+    backend = _RESOLVED.get((name, device, x.dtype, _watched_values(), x.numel(), training, fused, channels_last))
+    if backend is not None:
+        return backend
+    return _resolve_call(name, device, x.dtype, x.numel(), training, fused, channels_last)
+
+
+def _resolve_call(name: str, device: torch.device, dtype: torch.dtype, numel: int | None, training: bool,
+                  fused: bool, channels_last: bool) -> Backend:
     watched = _watched_values()
-    call = (name, device.type, dtype, watched, numel, training, fused, channels_last)
+    call = (name, device, dtype, watched, numel, training, fused, channels_last)
     backend = _RESOLVED.get(call)
     if backend is not None:
         return backend
     if len(_RESOLVED) >= _RESOLVED_MAX:
         _RESOLVED.clear()
-    key = call[:4]
+    key = (name, device.type, dtype, watched)
     backend = _RESOLVED.get(key)
     if backend is None:
         env = os.environ.get(ENV_VAR, "")

@@ -15,8 +15,9 @@ from torch import Tensor
 from bnlab import _stats
 from bnlab._checks import check_act_args, check_batch_norm_args, check_input_rank, check_residual
 from bnlab._shapes import INPUT_RANKS
-from bnlab.functional import choose, normalize_with_running_then_update, run
+from bnlab.functional import normalize_with_running_then_update, run
 from bnlab.kernels import registry
+from bnlab.kernels.base import Backend
 from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy
 
 __all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "drop_bnlab_state", "module_forward"]
@@ -29,7 +30,8 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
     moves, so a call that raises leaves the module exactly as it was (torch counts the batch first). The layer's
     :class:`~bnlab.nn.policy.StatsPolicy` overrides what the mode decides.
     """
-    check_input_rank(input, module._bnlab_ranks, type(module).__name__)
+    if input.dim() not in module._bnlab_ranks:
+        check_input_rank(input, module._bnlab_ranks, type(module).__name__)
     # Each parameter and buffer read once: a module attribute lookup goes through nn.Module.__getattr__, about
     # half a microsecond each, a cost small layers notice.
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
@@ -50,11 +52,13 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         # The fused layer's attributes may have been changed since __init__ checked them.
         check_act_args(activation, slope, save)
         check_residual(input, residual)
+    chosen: Backend | Tensor
     if torch.compiler.is_compiling():
         # The backend as an id tensor, resolved when the graph runs: a name would be a guard per module.
-        chosen = choose("auto", input, use_batch_stats, residual, activation, module.backend_id)
+        chosen = module.backend_id
     else:
-        chosen = choose(module.backend, input, use_batch_stats, residual, activation)
+        chosen = registry.resolve_for(module._bnlab_backend, input, use_batch_stats,
+                                      residual is not None or activation != "identity")
     factor: float | Tensor = 0.0
     if update:
         factor = 0.0 if module.momentum is None else module.momentum
