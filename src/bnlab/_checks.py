@@ -133,8 +133,8 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
                 )
             if t.dtype is not dtype:  # dtypes are singletons
                 same_dtype = False
-    if ((running_mean is not None and running_mean.requires_grad)
-            or (running_var is not None and running_var.requires_grad)) and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and ((running_mean is not None and running_mean.requires_grad)
+                                    or (running_var is not None and running_var.requires_grad)):
         name = "running_mean" if running_mean is not None and running_mean.requires_grad else "running_var"
         raise RuntimeError(
             f"{name} requires grad, but batch norm does not differentiate through running statistics; pass "

@@ -15,6 +15,8 @@ from bnlab._stats import Moments, batch_moments
 from bnlab.kernels.base import GradSums, empty_moments
 from bnlab.reference import fused as ref
 
+__all__ = ["activation_grad_from_x", "backward_elemt", "backward_reduce", "elemt", "stats"]
+
 
 def stats(x: Tensor, mask: Tensor | None = None) -> Moments:
     """(count, μ, M2) per channel, two passes over x (see :func:`bnlab._stats.batch_moments`)."""
@@ -62,5 +64,3 @@ def activation_grad_from_x(x: Tensor, mean: Tensor, invstd: Tensor, weight: Tens
     z = ref.normalize(x, mean, invstd, weight, bias, residual, "identity", dtype=accumulation_dtype(x.dtype))[1]
     return ref.activation_grad(z, activation, negative_slope)
 
-
-__all__ = ["activation_grad_from_x", "backward_elemt", "backward_reduce", "elemt", "stats"]
