@@ -7,10 +7,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 setup:
 	@bash scripts/setup.sh
 
-## run: the main job: Figure 1 of the paper, quick version on MNIST-5k (a few minutes on 2 CPU cores); it prints
-## where the report is. The full run: .venv/bin/bnlab run fig1 --set dataset=fashion-mnist (docs/experiments.md)
+## run: the tour: the quick version of every experiment (bnlab run all --quick; within 5 minutes on 2 CPU cores),
+## then runs/tour.html with each one's verdicts, time and report. One experiment, full: .venv/bin/bnlab run variance
+## (docs/experiments.md)
 run: setup
-	@.venv/bin/bnlab run fig1 --quick
+	@.venv/bin/bnlab run all --quick
 
 ## test: the whole test suite
 test: setup
@@ -24,9 +25,10 @@ lint: setup
 format: setup
 	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
 
-## bench: the CPU benchmarks (kernels, engine overhead, folding; each against its competitor in the same run);
-## results in benchmarks/results/
+## bench: the CPU benchmarks (kernels, engine overhead, folding small models and transformers' vision models; each
+## against its competitor in the same run); results in benchmarks/results/
 bench: setup
 	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json
 	@$(PY) -m benchmarks.engine_overhead --json benchmarks/results/engine-overhead.json
 	@$(PY) benchmarks/fold_speedup.py --json benchmarks/results/fold-speedup.json
+	@$(PY) -m benchmarks.fold_real_models --json benchmarks/results/fold-real-models.json

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 STAMP="$VENV/.bnlab-setup"
-# lab: make run and the lab's tests; triton: CI tests its kernels under the interpreter
-EXTRAS="${BNLAB_EXTRAS:-dev,lab,triton}"
+# lab: make run and the lab's tests; triton: CI tests its kernels under the interpreter; compat: Keras and Flax,
+# which bnlab.compat is tested against; test-models: the tools on Hugging Face's vision models (tests, benchmarks)
+EXTRAS="${BNLAB_EXTRAS:-dev,lab,triton,compat,test-models}"
 DEBIAN_PACKAGES=(dataset-fashion-mnist chromium)
 want=$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha256sum | cut -c1-16)
 

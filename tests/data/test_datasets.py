@@ -148,3 +148,54 @@ def test_installed_fashion_mnist() -> None:
     data = load_dataset("fashion-mnist", data_dir=FASHION_MNIST_DIR)
     check_dataset(data, "fashion-mnist", 28, 60_000, 10_000)
     assert torch.bincount(data.y_test).tolist() == [1000] * 10
+
+
+def test_validation_is_the_last_training_images_of_fashion_mnist(tmp_path: Path) -> None:
+    """Géron's split: the training file's last images are the validation set, in order, none left in training."""
+    _write_fashion(tmp_path, n_train=20)
+    full = load_dataset("fashion-mnist", data_dir=tmp_path)
+    held = load_dataset("fashion-mnist", data_dir=tmp_path, validation=5)
+    assert held.x_train.shape == (15, 1, 28, 28) and held.x_val.shape == (5, 1, 28, 28)
+    assert torch.equal(held.x_train, full.x_train[:15]) and torch.equal(held.x_val, full.x_train[15:])
+    assert torch.equal(held.y_val, full.y_train[15:]) and torch.equal(held.x_test, full.x_test)
+    assert held.split("validation")[0] is held.x_val and held.image_shape == (1, 28, 28)
+
+
+def test_geron_split_of_the_installed_fashion_mnist() -> None:
+    if not (FASHION_MNIST_DIR / f"{FASHION_FILES['y_test']}.gz").is_file():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed in {FASHION_MNIST_DIR}")
+    from bnlab.data import GERON_VALIDATION
+
+    data = load_dataset("fashion-mnist", data_dir=FASHION_MNIST_DIR, validation=GERON_VALIDATION)
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (55_000, 5_000, 10_000)
+
+
+def test_validation_of_a_class_sorted_set_is_stratified() -> None:
+    pytest.importorskip("sklearn", reason="digits ship inside scikit-learn (the lab extra)")
+    full = load_dataset("digits")
+    held = load_dataset("digits", validation=144)
+    assert len(held.y_val) + len(held.y_train) == len(full.y_train)
+    counts = torch.bincount(held.y_val, minlength=10)
+    assert int(counts.min()) >= 13 and int(counts.max()) <= 16  # about a tenth of each class, not the last class
+    rows = {row.numpy().tobytes() for row in held.x_train.flatten(1)}
+    assert not any(row.numpy().tobytes() in rows for row in held.x_val.flatten(1))
+
+
+def test_no_validation_by_default() -> None:
+    data = load_dataset("synthetic")
+    assert data.x_val.shape == (0, 1, 28, 28) and data.y_val.shape == (0,)
+
+
+@pytest.mark.parametrize(("validation", "message"), [
+    pytest.param(600, "leaves no training image: synthetic has 600", id="all-of-it"),
+    pytest.param(-1, "0 or more", id="negative"),
+    pytest.param(True, "0 or more", id="a-bool"),
+])
+def test_bad_validation_sizes(validation: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_dataset("synthetic", validation=validation)
+
+
+def test_unknown_split() -> None:
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        load_dataset("synthetic").split("val")

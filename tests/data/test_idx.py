@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +82,33 @@ def test_not_gzip_with_gz_name(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_idx(tmp_path / "nope.gz", ndim=1)
+
+
+def test_a_gzip_bomb_is_refused_after_its_header_in_bounded_memory(tmp_path: Path) -> None:
+    """A header announcing 10 images followed by 256 MiB of zeros, gzipped to a few hundred KiB: the reader stops
+    after the announced 7,840 values plus one byte, instead of inflating everything first."""
+    header = idx_bytes(np.zeros((10, 28, 28), dtype=np.uint8))
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    zeros = bytes(1 << 20)
+    parts = [packer.compress(header)] + [packer.compress(zeros) for _ in range(256)] + [packer.flush()]
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(b"".join(parts))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="longer than its header says"):
+            read_idx(path, ndim=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"reading a 10-image header allocated {peak / 2**20:.0f} MiB"
+
+
+def test_a_huge_announced_size_is_reported_exactly(tmp_path: Path) -> None:
+    """Three dimensions of 2^32 − 1: the count in the message is the true product, not an int64 overflow."""
+    side = 2**32 - 1
+    path = tmp_path / "huge"
+    path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", side, side, side) + bytes(100))
+    with pytest.raises(ValueError, match="truncated") as info:
+        read_idx(path, ndim=3)
+    assert f"= {side**3} values but the file holds 100" in str(info.value)

@@ -20,3 +20,12 @@ def fig1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     return run_experiment(experiment, make_config(experiment, smoke=True), out_root=root, seeds=(0, 1),
                           device="cpu", progress=False)
+
+
+@pytest.fixture(scope="session")
+def variance_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/variance/<timestamp>/ of a smoke run on synthetic data (seconds)."""
+    experiment = get_experiment("variance")
+    root = tmp_path_factory.mktemp("runs")
+    return run_experiment(experiment, make_config(experiment, smoke=True), out_root=root, seeds=(0,), device="cpu",
+                          progress=False)

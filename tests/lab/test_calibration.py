@@ -1,18 +1,20 @@
-"""scripts/calibrate_fig1.py: a resumed calibration skips only the grid points measured with the same data set and
-step count (training is replaced by a stand-in that logs what the script reads)."""
+"""scripts/calibrate_fig1.py is a lab sweep: the grid, the baseline alone, resumed where it stopped, and the table."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from bnlab.lab import registry
+from bnlab.lab.records import read_metrics
+from bnlab.lab.runner import resume_run
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "calibrate_fig1.py"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "calibration-fig1.jsonl"
 
 
 def load_script() -> ModuleType:
@@ -23,29 +25,46 @@ def load_script() -> ModuleType:
     return module
 
 
-def test_resume_skips_only_points_of_the_same_data_set_and_steps(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grid_is_the_documented_one() -> None:
+    points = load_script().grid()
+    assert len(points) == 24 and points[0] == {"pixels": "unit", "init_std": 0.01, "lr": 0.1}
+    assert len({tuple(p.values()) for p in points}) == 24
+
+
+def test_interrupted_calibration_resumes_and_chooses_by_the_baseline(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     script = load_script()
-    trained: list[tuple[float, float]] = []
+    monkeypatch.setattr(script, "INIT_STDS", (0.1,))
+    monkeypatch.setattr(script, "LRS", (0.3, 3.0))
+    experiment = registry.get_experiment("fig1")
+    trained: list[tuple[int, float, str]] = []
 
-    def stand_in(config: Any, ctx: Any, models: tuple[str, ...]) -> None:
-        trained.append((config.init_std, config.lr))
-        for step in (0, 1000, 2000, config.steps):
-            ctx.log({"kind": "eval", "seed": ctx.seed, "model": "baseline", "step": step, "test_accuracy": 0.5,
-                     "p15": [0.0], "p50": [0.0], "p85": [0.0]})
-        ctx.log({"kind": "end", "seed": ctx.seed, "model": "baseline", "steps": config.steps, "diverged": False,
-                 "seconds": 0.0})
+    def counting(config: Any, ctx: Any) -> None:
+        trained.append((ctx.seed, config.lr, ctx.unit["model"]))
+        if len(trained) == 3:  # the first unit of the second point
+            raise KeyboardInterrupt
+        experiment.train(config, ctx)
 
-    monkeypatch.setattr(script.fig1, "train", stand_in)
-    out = tmp_path / "calibration.jsonl"
-    point = {"pixels": "unit", "init_std": 0.1, "final_accuracy": 0.8}
-    out.write_text("\n".join(json.dumps(row) for row in [
-        {**point, "lr": 1.0, "dataset": "fashion-mnist", "steps": 3000},  # measured: skipped
-        {**point, "lr": 0.3, "dataset": "fashion-mnist", "steps": 5000},  # other steps: measured again
-        {**point, "lr": 3.0, "dataset": "mnist-5k", "steps": 3000},  # other data set: measured again
-    ]) + "\n")
-    script.calibrate(argparse.Namespace(out=str(out), dataset="fashion-mnist", steps=3000, seeds=[0, 1],
-                                        pixels=["unit"]))
-    grid = {(s, lr) for s in (0.01, 0.1) for lr in (0.1, 0.3, 1.0, 3.0)}
-    assert set(trained) == grid - {(0.1, 1.0)} and len(trained) == 2 * 7  # two seeds per point
-    assert len(out.read_text().splitlines()) == 3 + 7
+    from dataclasses import replace
+    monkeypatch.setitem(registry.experiments(), "fig1", replace(experiment, train=counting))
+    monkeypatch.setattr(script.fig1, "EXPERIMENT", registry.experiments()["fig1"])
+    with pytest.raises(KeyboardInterrupt):
+        script.calibrate(tmp_path, "synthetic", 60, [0, 1], ("unit",), threads=1)
+    (run_dir,) = (tmp_path / "fig1").iterdir()
+    resume_run(run_dir, progress=False)
+    # Point 0 (lr 0.3) ran once per seed; point 1's first seed was interrupted and ran again; the BN net never.
+    assert trained == [(0, 0.3, "baseline"), (1, 0.3, "baseline"), (0, 3.0, "baseline"), (0, 3.0, "baseline"),
+                       (1, 3.0, "baseline")]
+    done = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "unit_done"]
+    assert [(r["point"], r["seed"]) for r in done] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    rows = script.rows_of_run(run_dir)
+    assert [(r["lr"], r["pixels"]) for r in rows] == [(0.3, "unit"), (3.0, "unit")]
+    best = max(rows, key=lambda r: r["final_accuracy"])
+    text = script.table(rows)
+    assert f"| unit | 0.1 | {best['lr']} **chosen** |" in text and text.count("**chosen**") == 1
+
+
+def test_table_of_the_recorded_calibration() -> None:
+    script = load_script()
+    text = script.table(script.rows_of_jsonl(DOCS))
+    assert "| standardized | 0.1 | 1.0 **chosen** | 86.34 ± 0.29 |" in text and len(text.splitlines()) == 26

@@ -24,7 +24,7 @@ def model() -> torch.nn.Module:
 
 def test_batches_cover_each_epoch_once() -> None:
     x = torch.arange(10).float().unsqueeze(1)
-    stream = engine.batches(x, torch.arange(10), 3, torch.Generator().manual_seed(0))
+    stream = engine.batches((x, torch.arange(10)), 3, torch.Generator().manual_seed(0))
     epoch = [next(stream) for _ in range(3)]  # 3 batches of 3; the 10th example is dropped this epoch
     seen = torch.cat([xb for xb, _ in epoch]).flatten().tolist()
     assert len(set(seen)) == 9
@@ -34,7 +34,7 @@ def test_batches_cover_each_epoch_once() -> None:
 @pytest.mark.parametrize("size", [pytest.param(0, id="zero"), pytest.param(11, id="more-than-data")])
 def test_bad_batch_size(size: int) -> None:
     with pytest.raises(ValueError, match="batch size"):
-        next(engine.batches(torch.zeros(10, 1), torch.zeros(10), size, torch.Generator()))
+        next(engine.batches((torch.zeros(10, 1), torch.zeros(10)), size, torch.Generator()))
 
 
 def run(steps: int = 100, eval_steps: tuple[int, ...] = (0, 50, 100), seed: int = 0,
@@ -84,13 +84,31 @@ def test_no_host_sync_between_evaluations(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_divergence_stops_training() -> None:
     torch.manual_seed(0)
-    net = model()
+    net = torch.nn.Linear(8, 2)  # no batch norm to tame it: a huge learning rate overflows the weights
     x, y = problem()
-    x[5] = math.nan
     records: list[dict[str, Any]] = []
-    result = engine.train(net, x, y, engine.make_optimizer(net.parameters(), "sgd", 0.1), steps=100, batch_size=20,
-                          seed=0, eval_steps=(20, 40, 100), on_eval=records.append, progress=False)
+    result = engine.train(net, x * 1e10, y, engine.make_optimizer(net.parameters(), "sgd", 1e30), steps=100,
+                          batch_size=20, seed=0, eval_steps=(20, 40, 100), on_eval=records.append, progress=False)
     assert result.diverged and result.steps == 20 and len(records) == 1
+    assert not math.isfinite(records[0]["train_loss"])
+
+
+@pytest.mark.parametrize(("value", "index"), [
+    pytest.param(math.nan, 5, id="nan"),
+    pytest.param(math.inf, 239, id="inf-in-the-last-example"),
+])
+def test_non_finite_data_is_refused_before_training(value: float, index: int) -> None:
+    """A NaN in one example would poison batch norm's running statistics (pytorch#90342): say where it is."""
+    torch.manual_seed(0)
+    net = model()
+    before = [t.clone() for t in net.state_dict().values()]
+    x, y = problem()
+    x[index, 3] = value
+    with pytest.raises(engine.NonFiniteDataError, match=rf"the toy images hold non-finite values: 1 of 240 "
+                                                        rf"examples, the first at index {index} \({value}\)"):
+        engine.train(net, x, y, engine.make_optimizer(net.parameters(), "sgd", 0.1), steps=10, batch_size=20,
+                     seed=0, data_name="the toy images", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values(), strict=True))
 
 
 def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ import torch
 
 import bnlab
 from bnlab.lab.experiments.fig1 import Fig1Config, build_pair, eval_steps, prepare_pixels
-from bnlab.lab.experiments.fig1_claims import unit_drift
+from bnlab.lab.experiments.fig1.claims import unit_drift
 
 
 def test_same_initial_weights_and_bn_before_each_sigmoid() -> None:

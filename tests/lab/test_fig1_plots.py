@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bnlab.lab.experiments import fig1_plots
 from bnlab.lab.experiments.fig1 import Fig1Config
+from bnlab.lab.experiments.fig1 import plots as fig1_plots
 from bnlab.lab.records import read_metrics
 from bnlab.lab.registry import get_experiment
+from bnlab.lab.result import Result
 from bnlab.lab.runner import make_config
 
 SMOKE: Fig1Config = make_config(get_experiment("fig1"), smoke=True)
+RESULT = Result("fig1", "plots read only the records", claims=[])
 
 
 def drawn(monkeypatch: pytest.MonkeyPatch, config: Fig1Config, records: list[dict[str, Any]],
@@ -25,7 +27,7 @@ def drawn(monkeypatch: pytest.MonkeyPatch, config: Fig1Config, records: list[dic
     monkeypatch.setattr(fig1_plots, "save", lambda fig, out, stem: figures.__setitem__(stem, fig))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        stems = [f.stem for f in fig1_plots.plot(config, records, {}, out_dir)]
+        stems = [f.stem for f in fig1_plots.plot(config, records, RESULT, out_dir)]
     assert stems == list(figures)
     return figures
 
@@ -47,7 +49,7 @@ def test_plotting_leaves_matplotlib_alone(fig1_run: Path, tmp_path: Path) -> Non
     before = matplotlib.get_backend()
     matplotlib.use("pdf")  # as a notebook or another program may have chosen
     try:
-        fig1_plots.plot(SMOKE, read_metrics(fig1_run / "metrics.jsonl"), {}, tmp_path)
+        fig1_plots.plot(SMOKE, read_metrics(fig1_run / "metrics.jsonl"), RESULT, tmp_path)
         assert matplotlib.get_backend() == "pdf"
         assert plt.get_fignums() == []  # no figure left in pyplot's registry
     finally:

@@ -16,7 +16,7 @@ from bnlab.lab.report import build_report, write_index
 from bnlab.lab.runner import make_config, run_experiment
 
 RUN_FILES = ("config.json", "env.json", "metrics.jsonl", "result.json", "report.html")
-VERDICTS = {"reproduced", "not reproduced", "not judged"}
+VERDICTS = {"reproduced", "not reproduced", "not judged", "reported"}
 
 
 def figures_of(run_dir: Path) -> list[str]:
@@ -88,7 +88,8 @@ def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) 
     (copy / "result.json").unlink()
     lines = (copy / "metrics.jsonl").read_text().splitlines()
     # Stopped in the middle of seed 1's BN network (after its evaluation at step 20), while writing a line.
-    first = next(i for i, line in enumerate(lines) if '"seed": 1' in line and '"model": "bn"' in line)
+    first = next(i for i, line in enumerate(lines)
+                 if '"kind": "eval"' in line and '"seed": 1' in line and '"model": "bn"' in line)
     (copy / "metrics.jsonl").write_text("\n".join(lines[: first + 2]) + "\n" + lines[first + 2][:25])
     build_report(copy)
     result = json.loads((copy / "result.json").read_text())
@@ -96,7 +97,7 @@ def test_interrupted_run_keeps_its_measurements(fig1_run: Path, tmp_path: Path) 
     assert result["incomplete"] == "seed 1: bn stopped at step 20 of 60 (interrupted)"
     assert "Incomplete run" in (copy / "report.html").read_text()
 
-    baseline_only = [line for line in lines if '"model": "baseline"' in line]
+    baseline_only = [line for line in lines if '"model": "baseline"' in line and '"unit"' not in line]
     (copy / "metrics.jsonl").write_text("\n".join(baseline_only) + "\n")
     build_report(copy)
     result = json.loads((copy / "result.json").read_text())
@@ -198,3 +199,19 @@ def test_git_revision_only_from_a_bnlab_checkout(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "bnlab"\nversion = "0"\n')
     assert records.source_checkout(module) == tmp_path
     assert records.source_checkout(Path(records.__file__)) is not None  # the tests run from the checkout
+
+
+def test_a_run_made_before_units_were_recorded_is_judged_as_before(fig1_run: Path, tmp_path: Path) -> None:
+    """Runs written by earlier versions (no unit, point, grid or threads) still build their report unchanged."""
+    copy = tmp_path / "fig1" / "old"
+    shutil.copytree(fig1_run, copy)
+    original = json.loads((copy / "result.json").read_text())
+    lines = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    old = [{k: v for k, v in r.items() if k != "point"} for r in lines if not r["kind"].startswith("unit_")]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    meta = json.loads((copy / "config.json").read_text())
+    for key in ("grid", "threads"):
+        meta.pop(key)
+    (copy / "config.json").write_text(json.dumps(meta))
+    build_report(copy)
+    assert json.loads((copy / "result.json").read_text()) == original

@@ -58,6 +58,34 @@ def _non_finite() -> tuple[nn.Module, list[torch.Tensor]]:
     return model, _vectors()
 
 
+def _unconverged() -> tuple[nn.Module, list[torch.Tensor]]:
+    """Trained for 3 batches at momentum 0.1: 73% of the initial E[x] = 0, Var[x] = 1 is still in the averages."""
+    model = nn.Sequential(nn.BatchNorm1d(5)).train()
+    with torch.no_grad():
+        for batch in _vectors(96):
+            model(batch)
+    return model.eval(), _vectors(96)
+
+
+def _nan_in_batch_two() -> tuple[nn.Module, list[torch.Tensor]]:
+    batches = _vectors(96)
+    batches[1] = batches[1].clone()
+    batches[1][3, 2] = float("nan")
+    return _calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors(96)), batches
+
+
+class _Log(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)  # NaN for negative inputs: the model, not the data, makes them
+
+
+def _model_makes_nan() -> tuple[nn.Module, list[torch.Tensor]]:
+    positive = [b.abs() + 1 for b in _vectors(96)]
+    model = _calibrated(nn.Sequential(_Log(), nn.BatchNorm1d(5)), positive)
+    positive[2] = positive[2] - 100  # finite data, but the log of a negative number
+    return model, positive
+
+
 def _mismatch(shift: float) -> Callable[[], tuple[nn.Module, list[torch.Tensor]]]:
     return lambda: (_calibrated(nn.Sequential(nn.BatchNorm2d(3)), _images()), _images(shift=shift))
 
@@ -83,6 +111,9 @@ FINDINGS = [
                  "keras_momentum", "warning", "0", id="keras-momentum"),
     pytest.param(lambda: (_calibrated(_Reused(), _vectors()), _vectors()), "bn_reused", "warning", "bn",
                  id="reused-module"),
+    pytest.param(_unconverged, "stats_not_converged", "error", "0", id="not-converged"),
+    pytest.param(_nan_in_batch_two, "data_non_finite", "error", "", id="nan-in-the-data"),
+    pytest.param(_model_makes_nan, "activations_non_finite", "error", "1", id="nan-made-by-the-model"),
 ]
 
 
@@ -95,7 +126,8 @@ def test_each_finding_is_triggered_by_a_model_built_to_have_it(
     report = doctor(model, batches)
     assert [(f.code, f.severity, f.layer) for f in report.findings] == [(code, severity, layer)], report
     finding = report.findings[0]
-    assert finding.evidence and finding.fix and finding.message
+    assert finding.evidence and finding.fix and finding.message and finding.detail
+    assert finding.value is not None  # the number the grouped table shows
     assert all(isinstance(v, int | float | str) for v in finding.evidence.values())
     for key, value in model.state_dict().items():  # the doctor examines a copy
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True, msg=key)
@@ -173,7 +205,11 @@ def test_json_output() -> None:
     assert data["counts"] == {"error": 1, "warning": 0, "info": 0} and data["healthy"] is False
     (finding,) = data["findings"]
     assert finding["code"] == "stats_non_finite" and finding["evidence"]["nonfinite_var"] == 1
-    assert set(finding) == {"code", "severity", "layer", "message", "evidence", "fix"}
+    # The structure the JSON had stays; the summary, each finding's number and one-line evidence are added.
+    assert set(finding) == {"code", "severity", "layer", "message", "evidence", "fix", "detail", "value"}
+    assert set(data) == {"model", "layers", "batches", "samples", "findings", "effect", "notes", "counts",
+                         "healthy", "summary", "gaps"}
+    assert finding["value"] == 2 and data["summary"].startswith("1 problem(s): running statistics are NaN")
 
 
 def _strict_json(report: Report) -> str:
@@ -240,3 +276,135 @@ def test_samples_are_counted_when_every_batch_norm_is_reused() -> None:
 
     report = doctor(_calibrated(Twice(), _vectors()), _vectors())
     assert report.samples == 64 and [f.code for f in report.findings] == ["bn_reused"]
+
+
+# ----------------------------------------------------------------------------------------------- grouped report
+
+class _Branches(nn.Module):
+    """Five batch norms side by side on the input (no cascade: each sees the data as it is), one after a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.BatchNorm2d(3) for _ in range(5))
+        self.conv = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(bn(self.conv(x) if i == 4 else x) for i, bn in enumerate(self.norms))
+
+
+def _many_mismatches() -> tuple[nn.Module, list[torch.Tensor]]:
+    """Statistics that describe other data: E[x] off by 2σ, 1.5σ (errors), 0.6σ, 0.5σ, 0.4σ (warnings)."""
+    model = _calibrated(_Branches(), _images(256))
+    with torch.no_grad():
+        for bn, shift in zip(model.norms, (4.0, 3.0, 1.2, 1.0, 0.8), strict=True):  # the data's σ is 2
+            bn.running_mean.add_(shift)
+            bn.num_batches_tracked.fill_(1000)
+    return model, _images(256)
+
+
+def test_findings_of_one_kind_are_one_entry_with_a_table_and_the_fix_once() -> None:
+    model, batches = _many_mismatches()
+    report = doctor(model, batches)
+    lines = report.to_text().splitlines()
+    summary = ("1 problem(s): running statistics do not describe this data (5 layers, error); advice: a conv/linear "
+               "bias right before batch norm is wasted (1 layer); worst: layer 'norms.0', running statistics do not "
+               "describe this data: eval error (σ) ")
+    assert lines[1].startswith(summary) and float(lines[1][len(summary):]) == pytest.approx(2.0, rel=0.02)
+    entry = lines.index("ERROR: running statistics do not describe this data (5 layers)")
+    table = lines[entry + 1:entry + 7]
+    assert table[0].split() == ["layer", "eval", "error", "(σ)", "evidence"]
+    # Worst first, the severity shown per row where the kind mixes errors and warnings.
+    rows = [row.split()[:3] for row in table[1:]]
+    assert [row[:2] for row in rows] == [["norms.0", "error"], ["norms.1", "error"], ["norms.2", "warning"],
+                                         ["norms.3", "warning"], ["norms.4", "warning"]]
+    assert [float(row[2]) for row in rows] == pytest.approx([2.0, 1.5, 0.6, 0.5, 0.4], rel=0.02)
+    assert lines[entry + 7].startswith("  fix: recompute the running statistics")
+    assert sum(line.strip().startswith("fix:") for line in lines) == len(report.groups()) == 2
+    assert [g.code for g in report.groups()] == ["stats_mismatch", "bias_before_bn"]
+
+
+def test_not_converged_is_told_apart_from_data_that_differs() -> None:
+    model, batches = _unconverged()
+    (finding,) = doctor(model, batches).findings
+    assert finding.code == "stats_not_converged"
+    assert finding.evidence["initial_weight"] == pytest.approx(0.9 ** 3)
+    assert finding.evidence["output_error_if_unconverged"] < 0.25 <= finding.evidence["output_error_mean"]
+    assert "not data unlike the training data" in finding.message
+    # The same statistics on shifted data: an unconverged average of *this* data would not hold them.
+    (shifted,) = doctor(model, [b + 6 for b in batches]).findings
+    assert shifted.code == "stats_mismatch" and "this data differs from the data the statistics were" in \
+        shifted.message and "not converged either (73% initial values)" in shifted.detail
+    # Recalibrated statistics count few batches too, but fit the data: nothing to report.
+    assert doctor(_calibrated(model, batches), batches).findings == ()
+
+
+def test_non_finite_data_is_an_error_naming_the_batch_not_a_nan_gap() -> None:
+    # Issue 14: a NaN in the data made every layer "off by nan standard deviations".
+    model, batches = _nan_in_batch_two()
+    report = doctor(model, batches, labels=[torch.zeros(32, 5)] * 3)
+    (finding,) = report.findings
+    assert finding.code == "data_non_finite" and finding.detail == "batch 2 of 3: 1 NaN and 0 infinite input values"
+    assert "nan" not in report.to_text().replace("NaN", "")  # no NaN number anywhere, only the word
+    assert report.gaps and all(g.error_mean == g.error_mean for g in report.gaps)
+    assert any("leaves out the 1 batch(es) with non-finite inputs" in n for n in report.notes)
+
+
+def test_a_model_that_makes_nan_is_named_at_the_first_layer_that_sees_it() -> None:
+    model, batches = _model_makes_nan()
+    (finding,) = doctor(model, batches).findings
+    assert (finding.code, finding.layer, finding.evidence["first_batch"]) == ("activations_non_finite", "1", 3)
+
+
+def test_a_model_without_batch_norm_says_so() -> None:
+    # Issue 14: it said "(0 samples) ... no findings: batch norm looks healthy".
+    report = doctor(nn.Sequential(nn.Linear(5, 3)).eval(), _vectors())
+    text = report.to_text()
+    assert text.splitlines()[0] == ("bnlab doctor: Sequential with no batch-norm layer, checked on 2 batch(es) "
+                                    "(64 samples)")
+    assert "the model has no batch-norm layer: there is nothing for the doctor to check" in text
+    assert "healthy" not in text
+
+
+class _Noise(nn.Module):
+    """Noise drawn in eval mode too: the model's own use of the caller's generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.01 * torch.randn_like(x)
+
+
+def test_the_doctor_leaves_every_random_generator_as_it_found_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 9: torch.manual_seed inside fork_rng(devices=[]) reseeded every CUDA generator for good.
+    def no_cuda_reseed(*args: object) -> None:
+        raise AssertionError("the doctor reseeded a CUDA generator of the caller")
+
+    for name in ("manual_seed", "manual_seed_all", "seed", "seed_all"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda_reseed)
+        monkeypatch.setattr(torch.cuda.random, name, no_cuda_reseed)
+    # Dropout before batch norm: the doctor draws seeded dropout masks to measure the variance shift.
+    model = _calibrated(nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(5), _Noise()), _vectors())
+    torch.default_generator.manual_seed(1234)
+    before = torch.get_rng_state()
+    report = doctor(model, _vectors(), labels=[torch.zeros(32, 5)] * 2)
+    assert [f.code for f in report.findings] == ["bn_after_dropout"]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+# ----------------------------------------------------------------------------------------------- HTML
+
+def test_the_html_page_is_self_contained_and_escapes_names() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_module("<b>&bn", nn.BatchNorm1d(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.get_submodule("<b>&bn")(x)
+
+    model = _calibrated(Odd(), _vectors())
+    page = doctor(model, [b + 5 for b in _vectors()], labels=[torch.zeros(32, 5)] * 2).to_html()
+    assert page.startswith("<!DOCTYPE html>") and "&lt;b&gt;&amp;bn" in page and "<b>&bn" not in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page  # nothing to fetch
+    assert 'id="stats_mismatch"' in page and 'id="gap-chart"' in page and 'id="effect-chart"' in page

@@ -56,7 +56,7 @@ PATTERNS = [
 
 
 @pytest.mark.parametrize(("build", "shape"), PATTERNS)
-@pytest.mark.parametrize("method", ["fx", "sequential"])
+@pytest.mark.parametrize("method", ["fx", "modules", "export", "sequential"])
 def test_every_pattern_folds_exactly(build: Callable[[], nn.Module], shape: tuple[int, ...], method: str,
                                      randomize: Randomize) -> None:
     model = randomize(build())
@@ -98,7 +98,7 @@ def test_training_mode_is_refused() -> None:
 
 
 def test_a_graph_traced_elsewhere_with_bnlab_layers_folds(randomize: Randomize) -> None:
-    # torch.fx's own tracer shows bnlab layers as call_function(_module_forward, (get_attr bn, x)).
+    # torch.fx's own tracer shows bnlab layers as call_function(module_forward, (get_attr bn, x)).
     model = randomize(nn.Sequential(nn.Linear(5, 6), bnlab.BatchNorm1d(6), nn.ReLU(), bnlab.BatchNorm1d(6),
                                      nn.Linear(6, 2)))
     traced = torch.fx.symbolic_trace(model).eval()
@@ -154,15 +154,22 @@ class _DataDependent(nn.Module):
         return -x
 
 
-def test_untraceable_model_names_the_part_and_falls_back(randomize: Randomize) -> None:
+def test_untraceable_model_names_the_part_and_is_folded_module_by_module(randomize: Randomize) -> None:
     model = randomize(_Untraceable())
-    with pytest.raises(ValueError, match=r"cannot trace 'gate' \(_DataDependent\).*method='sequential'"):
+    with pytest.raises(ValueError, match=r"cannot trace 'gate' \(_DataDependent\).*method='auto'"):
         fold(model, method="fx")
     x = torch.randn(2, 3, 6, 6)
-    with pytest.warns(FoldFallbackWarning, match="'gate'"):
-        result = fold_with_report(model, example_inputs=x)
-    assert result.method == "sequential" and len(result.folded) == 2
+    # Without examples: 'gate' becomes a leaf of the model's graph, and the warning says its code was not seen.
+    with pytest.warns(FoldFallbackWarning, match=r"'gate'.*was not seen.*pass example_inputs"):
+        result = fold_with_report(model)
+    assert result.method == "modules" and sorted(result.folded) == [("features.1", "features.0"),
+                                                                    ("head.2", "head.1")]
     torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)
+    # With examples torch.export is tried first: it cannot capture control flow on data either, and says so.
+    with pytest.warns(FoldFallbackWarning, match="torch.export could not capture it"):
+        result = fold_with_report(model, example_inputs=x)
+    assert result.method == "modules" and len(result.folded) == 2
+    assert any("torch.export cannot capture" in note for note in result.notes)
 
 
 def test_agrees_with_torch_fuser(randomize: Randomize) -> None:
@@ -207,13 +214,16 @@ class _IndexedSequential(nn.Module):
         return self.gate(self.f[2](self.f[1](c)) + c)
 
 
-def test_the_sequential_fallback_states_its_assumption_and_example_inputs_check_it(randomize: Randomize) -> None:
+def test_the_sequential_method_states_its_assumption_and_example_inputs_check_it(randomize: Randomize) -> None:
     model = randomize(_IndexedSequential())
-    with pytest.warns(FoldFallbackWarning, match="runs its children in order"):
-        fold(model)
     x = torch.randn(2, 3, 6, 6)
-    with pytest.warns(FoldFallbackWarning), pytest.raises(ValueError, match=r"changed the model's outputs.*in order"):
-        fold(model, example_inputs=x)
+    with pytest.raises(ValueError, match=r"changed the model's outputs.*in order"):
+        fold(model, method="sequential", example_inputs=x)
+    # Traced module by module, the model's own graph shows the conv's output read twice: nothing folds.
+    with pytest.warns(FoldFallbackWarning):
+        result = fold_with_report(model)
+    assert result.folded == [] and result.skipped == [("f.1", "the output of 'f.0' is also used elsewhere")]
+    torch.testing.assert_close(result.model(x), model(x))
 
 
 def test_example_inputs_leave_the_statistics_of_layers_that_update_in_eval_alone(randomize: Randomize) -> None:

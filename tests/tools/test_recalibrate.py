@@ -15,7 +15,8 @@ from torch import nn
 import bnlab
 from bnlab.reference import population_statistics
 from bnlab.tools import recalibrate
-from bnlab.tools._population import PopulationAccumulator
+from bnlab.tools._population import NonFiniteBatchError, PopulationAccumulator
+from bnlab.tools.recalibrate import MODES
 
 DATA = torch.randn(40, 3, 4, 4, dtype=torch.float64) * torch.tensor([0.5, 2.0, 5.0]).view(1, 3, 1, 1) + torch.tensor(
     [-1.0, 0.0, 100.0]).view(1, 3, 1, 1)  # channel 2: a large mean over a small spread, cancellation-prone
@@ -152,6 +153,30 @@ def test_dataloader_pairs_and_unreached_layers() -> None:
     report = recalibrate(model, loader)
     assert report.unused == ("unused",) and report.layers == 1 and report.samples == 25
     assert "unused" in str(report) and int(model.unused.num_batches_tracked) == 0
+
+
+NON_FINITE = [
+    pytest.param(float("nan"), torch.float32, id="nan"),
+    pytest.param(float("-inf"), torch.float32, id="infinity"),
+    pytest.param(1e300, torch.float64, id="finite-but-its-square-overflows"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("value", "dtype"), NON_FINITE)
+def test_a_batch_with_non_finite_statistics_is_refused_by_name_and_nothing_changes(
+        value: float, dtype: torch.dtype, mode: str) -> None:
+    """One bad value in channel 1 of sample 23 (batch 2 of 4): without the check every channel after it would
+    be written as NaN (or inf); with it, the error names the batch, its samples, the layer and the channel."""
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).to(dtype).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [b.to(dtype).clone() for b in DATA.split(10)]
+    batches[2][3, 1, 0, 0] = value
+    with pytest.raises(NonFiniteBatchError, match=r"^batch 2 \(samples 20 to 29; both counted from 0\) gives "
+                                                  r"non-finite statistics at layer '0': channel\(s\) 1 of 3 "):
+        recalibrate(model, batches, mode=mode)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[key]), key
 
 
 @pytest.mark.parametrize(("model", "batches", "error", "match"), [

@@ -1,7 +1,9 @@
 """Where each data set comes from: loaders returning (x_train, y_train, x_test, y_test) as numpy arrays.
 
-Images come back as uint8 or float arrays of shape (N, H, W) with their native range (``scale`` says how to
-bring them to [0, 1]); labels as integer arrays of shape (N,). Nothing here downloads.
+Images come back as uint8 or float arrays of shape (N, C, H, W), channel first, with their native range
+(``scale`` says how to bring them to [0, 1]); labels as integer arrays of shape (N,). ``ordered`` says whether the
+training set is in a meaningful order (sorted by class), so that a validation split must be stratified rather
+than the last examples. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ FASHION_COUNTS = {"train": 60_000, "test": 10_000}  # what Debian's package hold
 
 
 class Arrays(NamedTuple):
-    x_train: np.ndarray  # (N, H, W)
+    x_train: np.ndarray  # (N, C, H, W)
     y_train: np.ndarray  # (N,)
-    x_test: np.ndarray  # (M, H, W)
+    x_test: np.ndarray  # (M, C, H, W)
     y_test: np.ndarray  # (M,)
     scale: float  # the pixel value that maps to 1.0
+    ordered: bool = False  # the training set is sorted by class: split a validation set stratified
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,8 +60,8 @@ def mnist_5k(seed: int) -> Arrays:
         ) from None
     x, y = mnist_data()
     train, test = stratified_split(y, 0.2, seed)
-    images = x.reshape(-1, 28, 28)
-    return Arrays(images[train], y[train], images[test], y[test], 255.0)
+    images = x.reshape(-1, 1, 28, 28)
+    return Arrays(images[train], y[train], images[test], y[test], 255.0, ordered=True)
 
 
 def digits(seed: int) -> Arrays:
@@ -72,7 +75,8 @@ def digits(seed: int) -> Arrays:
         ) from None
     bunch = load_digits()
     train, test = stratified_split(bunch.target, 0.2, seed)
-    return Arrays(bunch.images[train], bunch.target[train], bunch.images[test], bunch.target[test], 16.0)
+    images = bunch.images[:, None]  # one channel
+    return Arrays(images[train], bunch.target[train], images[test], bunch.target[test], 16.0, ordered=True)
 
 
 def fashion_mnist_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -118,7 +122,7 @@ def fashion_mnist(data_dir: str | os.PathLike[str] | None) -> Arrays:
         if y.size and y.max() > 9:
             raise ValueError(f"Fashion-MNIST in {folder}: {part} label {int(y.max())} is outside 0..9; the label "
                              f"file is corrupt")
-    return Arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], 255.0)
+    return Arrays(arrays["x_train"][:, None], arrays["y_train"], arrays["x_test"][:, None], arrays["y_test"], 255.0)
 
 
 def synthetic(seed: int, n_train: int = 600, n_test: int = 200, side: int = 28, classes: int = 10) -> Arrays:
@@ -129,7 +133,7 @@ def synthetic(seed: int, n_train: int = 600, n_test: int = 200, side: int = 28, 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         labels = np.arange(n) % classes
         images = templates[labels] + 0.25 * rng.standard_normal((n, side, side))
-        return np.clip(images, 0.0, 1.0), labels
+        return np.clip(images, 0.0, 1.0)[:, None], labels
 
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)

@@ -1,4 +1,5 @@
-"""Plot helpers shared by the experiments: one style, files written as PNG and SVG, mean-and-spread curves.
+"""Plot helpers shared by the experiments: files written as PNG and SVG, mean-and-spread curves. Colours and
+labels belong to each experiment (its ``plots.py``).
 
 Figures are built as :class:`matplotlib.figure.Figure` objects and written by their own canvas, never through
 pyplot: plotting needs no display, and it leaves the process's matplotlib backend and pyplot's figures alone
@@ -12,19 +13,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLORS", "LABELS", "mean_band", "new_figure", "save"]
-
-COLORS = {"baseline": "#d62728", "bn": "#1f77b4"}  # the paper draws the baseline dashed, BN solid
-LABELS = {"baseline": "without BN", "bn": "with BN"}
+__all__ = ["log_axis", "mean_band", "new_figure", "save"]
 
 
-def new_figure(ncols: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, Any]:
-    """A figure with ``ncols`` axes in one row, each ``width`` × ``height`` inches: (figure, axes array)."""
+def new_figure(ncols: int, width: float = 4.2, height: float = 3.4, nrows: int = 0, layout: Any = "constrained",
+               **subplots: Any) -> tuple[Any, Any]:
+    """A figure with ``ncols`` axes in one row, each ``width`` × ``height`` inches: (figure, axes array).
+
+    With ``nrows`` (≥ 1), a grid of ``nrows`` × ``ncols`` axes instead, returned as a 2-d array; ``subplots`` go to
+    :meth:`matplotlib.figure.Figure.subplots` (``sharex``, ``sharey``). ``layout=None`` skips matplotlib's
+    constrained layout, which costs seconds on a grid of many small axes (place them with ``subplots_adjust``).
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)
-    return fig, axes[0]
+    fig = Figure(figsize=(width * ncols, height * max(nrows, 1)), layout=layout)
+    axes = fig.subplots(max(nrows, 1), ncols, squeeze=False, **subplots)
+    return fig, (axes if nrows else axes[0])
 
 
 def save(fig: Any, out_dir: Path, stem: str) -> None:
@@ -47,3 +51,14 @@ def mean_band(ax: Any, x: np.ndarray, values: np.ndarray, **line: Any) -> None:
         std = values.std(axis=0, ddof=1)[keep]
         ax.fill_between(x[keep], mean[keep] - std, mean[keep] + std, color=line.get("color"), alpha=0.2,
                         linewidth=0)
+
+
+def log_axis(ax: Any, axis: str = "y", ticks: int = 6) -> None:
+    """A log scale with at most ``ticks`` labelled decades and no minor ticks: values spanning 20 decades otherwise
+    cost seconds of tick layout per axis."""
+    from matplotlib.ticker import LogLocator, NullLocator
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_locator(LogLocator(numticks=ticks))
+    target.set_minor_locator(NullLocator())

@@ -132,6 +132,12 @@ class BackendMixin:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"  # type: ignore[misc]
 
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this on every submodule before compiling: say plainly what to use instead of
+        # failing deep inside TorchScript's compiler, which cannot follow the Python dispatch to a backend.
+        raise RuntimeError(f"torch.jit.script cannot compile bnlab's {type(self).__name__} (TorchScript is "
+                           f"deprecated and cannot run bnlab's backends); use torch.compile(model) instead")
+
 
 def drop_bnlab_state(module: torch.nn.Module) -> None:
     """Forget what a bnlab layer holds beyond torch's (backend, policy), once its class is torch's again."""

@@ -90,6 +90,11 @@ class FrozenBatchNormBase(torch.nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this on every submodule: one clear refusal instead of a TorchScript parse error.
+        raise RuntimeError(f"torch.jit.script cannot compile bnlab's {type(self).__name__} (TorchScript is "
+                           f"deprecated and cannot compile bnlab's Python helpers); use torch.compile(model) instead")
+
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}"
         if not self.affine:

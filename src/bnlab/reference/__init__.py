@@ -2,8 +2,10 @@
 
 - :mod:`bnlab.reference.algorithm1`: the training transform and three equivalent backward passes.
 - :mod:`bnlab.reference.algorithm2`: population statistics and the folded inference transform.
+- :mod:`bnlab.reference.darknet`: darknet's CPU batch-norm layer, ported function by function.
 """
 
+from bnlab.reference import darknet
 from bnlab.reference.algorithm1 import (
     ForwardResult,
     Gradients,
@@ -33,6 +35,7 @@ __all__ = [
     "backward_compact",
     "backward_darknet",
     "backward_paper",
+    "darknet",
     "forward_inference",
     "forward_train",
     "inference_affine",

@@ -15,6 +15,10 @@ it underestimates the variance when batches are not shuffled). "pooled" puts tha
 unbiased variance of all M values, the same whatever the batching, and equal to "paper" in expectation for
 shuffled batches of equal size. The spread is merged batch by batch (Chan, Golub and LeVeque's pairwise
 update) in float64, so no Σx² − (Σx)² cancellation occurs.
+
+A batch with a NaN or an infinity (or values whose squares overflow float64) has non-finite statistics, and one
+such batch would make every later estimate NaN. An accumulator made with ``require_finite=True`` refuses it,
+raising :class:`NonFiniteBatchError` that names the batch and the layer, before it is merged.
 """
 
 from __future__ import annotations
@@ -28,12 +32,40 @@ from bnlab._shapes import values_per_channel
 from bnlab._stats import batch_moments, mean_var
 
 ESTIMATORS = ("pooled", "paper")
+_SHOWN_CHANNELS = 4  # channels named in a NonFiniteBatchError; the rest are counted
+
+
+class NonFiniteBatchError(ValueError):
+    """A batch whose mean or variance at a batch-norm layer is NaN or infinite; the message names both."""
+
+
+def check_finite_statistics(mean: Tensor, var: Tensor, layer: str, batch: str) -> None:
+    """Raise :class:`NonFiniteBatchError` if a channel's ``mean`` or ``var`` ((C,) each) is NaN or ±inf.
+
+    ``batch`` describes the batch for the message (e.g. "batch 3 (samples 96 to 127)"); ``layer`` is the
+    batch-norm layer's name in the model.
+    """
+    bad = ~(torch.isfinite(mean) & torch.isfinite(var))
+    if not bool(bad.any()):
+        return
+    channels = bad.nonzero().flatten().tolist()
+    first = channels[0]
+    shown = ", ".join(map(str, channels[:_SHOWN_CHANNELS]))
+    if len(channels) > _SHOWN_CHANNELS:
+        shown += f" and {len(channels) - _SHOWN_CHANNELS} more"
+    where = f"layer {layer!r}" if layer else "a batch-norm layer"
+    raise NonFiniteBatchError(
+        f"{batch or 'a batch'} gives non-finite statistics at {where}: channel(s) {shown} of {bad.numel()} (channel "
+        f"{first}: mean {float(mean[first]):.3g}, variance {float(var[first]):.3g}); NaN or infinity reached the "
+        f"layer (from the data, or from the layers before it) or its values' squares overflow: fix or drop that batch"
+    )
 
 
 class PopulationAccumulator:
     """Running sums for one layer: E[x], Σ m·σ², Σ m·unbiased σ², the spread of the batch means, and counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_finite: bool = False) -> None:
+        self.require_finite = require_finite  # refuse a batch with non-finite statistics (NonFiniteBatchError)
         self.values = 0  # M = Σ m_B over the batches in the statistics (the weights, after merge_mean_var)
         self.batches = 0
         self.samples = 0  # Σ N_B
@@ -60,8 +92,12 @@ class PopulationAccumulator:
             self.sizes[m] += 1
         return m
 
-    def add(self, x: Tensor, layer: str = "") -> None:
-        """Account for one mini-batch x of shape (N, C, *). A batch with no values is skipped."""
+    def add(self, x: Tensor, layer: str = "", batch: str = "") -> None:
+        """Account for one mini-batch x of shape (N, C, *). A batch with no values is skipped.
+
+        With ``require_finite``, a batch whose statistics are not finite raises :class:`NonFiniteBatchError`
+        naming ``batch`` (a description, e.g. "batch 3 (samples 96 to 127)") and ``layer``, and is not merged.
+        """
         m = values_per_channel(x)
         if m == 0:
             return
@@ -72,6 +108,8 @@ class PopulationAccumulator:
                 f"at least 2; use batches of 2 or more samples"
             )
         mu, sigma2 = mean_var(batch_moments(x.detach(), dtype=torch.float64))  # μ_B and σ²_B, biased
+        if self.require_finite:
+            check_finite_statistics(mu, sigma2, layer, batch)
         self._merge(m, mu, m * sigma2, m * (m / (m - 1)) * sigma2, torch.zeros_like(mu))
         self.count(x)
 

@@ -42,7 +42,7 @@ from bnlab.nn.batchnorm import BackendMixin
 from bnlab.nn.policy import FOLLOW_MODE, policy_override
 from bnlab.tools._batches import Forward, default_forward, take
 from bnlab.tools._layers import batch_norm_layers, has_running_stats, is_uninitialized, running_stats
-from bnlab.tools._population import PopulationAccumulator
+from bnlab.tools._population import PopulationAccumulator, check_finite_statistics
 
 __all__ = ["MODES", "Recalibration", "recalibrate"]
 
@@ -93,7 +93,7 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
                          "to recalibrate")
     run = default_forward if forward is None else forward
     iterator = take(batches, num_batches, "recalibrate")
-    accumulators = {name: PopulationAccumulator() for name, _ in layers}
+    accumulators = {name: PopulationAccumulator(require_finite=True) for name, _ in layers}
     saved = _Saved(model, layers)
     counter = _Counter()
     # A statistics policy (bnlab.freeze) would stop a layer from using or updating batch statistics.
@@ -103,6 +103,8 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
             _prepare(model, layers, mode)
             handles = [m.register_forward_pre_hook(counter.recorder(accumulators[name], name, mode))
                        for name, m in layers]
+            if mode == "cumulative":
+                handles += [m.register_forward_hook(counter.checker(name, m)) for name, m in layers]
             try:
                 with torch.no_grad():
                     for batch in iterator:
@@ -122,11 +124,19 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
 
 
 class _Counter:
-    """Batches fed to the model, and the samples in each: the N of the first batch-norm input of a forward."""
+    """Batches fed to the model, and the samples in each: the N of the first batch-norm input of a forward.
+
+    A batch whose statistics are not finite is refused (NonFiniteBatchError), named by its index and samples.
+    """
 
     def __init__(self) -> None:
         self.batches = self.samples = 0
         self.first_size: int | None = None
+
+    def batch(self) -> str:
+        """The batch being fed, for messages: its index and its samples, counted from 0 in the order fed."""
+        last = self.samples + (self.first_size or 1) - 1
+        return f"batch {self.batches} (samples {self.samples} to {last}; both counted from 0)"
 
     def recorder(self, accumulator: PopulationAccumulator, name: str, mode: str) -> Any:
         def record(module: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -136,10 +146,17 @@ class _Counter:
             if self.first_size is None:
                 self.first_size = x.shape[0]
             if mode != "cumulative":
-                accumulator.add(x, name)
+                accumulator.add(x, name, self.batch())
             else:
                 accumulator.count(x)  # the layer averages its own statistics (momentum=None)
         return record
+
+    def checker(self, name: str, layer: _BatchNorm) -> Any:
+        """For "cumulative": once the layer has averaged a batch in, its running statistics must be finite."""
+        def check(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            mean, var = running_stats(layer)
+            check_finite_statistics(mean, var, name, self.batch())
+        return check
 
 
 class _Saved:

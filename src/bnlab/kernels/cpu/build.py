@@ -7,6 +7,11 @@ an import error. The result is cached under ``$BNLAB_CACHE_DIR`` (default ``$XDG
 flags (the code is built with ``-march=native``), so a cached build is never run on a machine it was not made
 for. Concurrent first uses wait on a file lock instead of compiling twice.
 
+Each build writes a record beside the library (``bnlab_cpu-KEY.json``: its size and SHA-256), and the library is
+loaded only when it matches: a cached file cut short (a full disk, an interrupted copy) would kill the process
+with SIGBUS when the loader maps it, and an empty one would fail to load for good. A library that does not match
+its record, or has none, is rebuilt.
+
 Where the library cannot be built or loaded, :func:`load` returns None, :func:`failure_reason` says why, and
 the reason is logged once (logger ``bnlab.kernels.cpu``) instead of raising.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -44,7 +50,8 @@ def cache_dir() -> Path:
     return Path(base) / "bnlab"
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
+    """The C++ compiler to build with: $CXX, else the first of c++, g++, clang++ on the PATH; None if none."""
     for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if candidate and shutil.which(candidate):
             return candidate
@@ -71,34 +78,90 @@ def _build_key(compiler: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _compile(compiler: str, target: Path) -> None:
+def library_file(compiler: str) -> Path:
+    """Where the library built by ``compiler`` for this source, these flags and this CPU is cached."""
+    return cache_dir() / "cpu-kernels" / f"bnlab_cpu-{_build_key(compiler)}.so"
+
+
+def record_file(library: Path) -> Path:
+    """The build record of ``library``: JSON with its ``size`` in bytes and its ``sha256``."""
+    return library.with_suffix(".json")
+
+
+def _fingerprint(library: Path) -> dict[str, object]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(library, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def mismatch(library: Path) -> str | None:
+    """Why ``library`` must not be loaded (missing, no build record, another size or checksum), or None."""
+    if not library.is_file():
+        return "not built yet"
+    try:
+        record = json.loads(record_file(library).read_text())
+    except (OSError, ValueError):
+        return "it has no readable build record"
+    if not isinstance(record, dict):
+        return "its build record is not a JSON object"
+    found = _fingerprint(library)
+    if record.get("size") != found["size"]:
+        return f"it holds {found['size']} bytes, its build record says {record.get('size')}"
+    if record.get("sha256") != found["sha256"]:
+        return "its checksum differs from its build record"
+    return None
+
+
+def compile_library(compiler: str, output: Path) -> None:
+    """Compile the library into ``output``, -march=native first, else for the generic architecture.
+
+    Raises RuntimeError with the compilers' messages when neither build works.
+    """
     errors = []
     for arch in ARCH_FLAGS:
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-            partial = Path(tmp.name)
-        cmd = [compiler, *BASE_FLAGS, *arch, str(SOURCE), "-o", str(partial)]
+        cmd = [compiler, *BASE_FLAGS, *arch, str(SOURCE), "-o", str(output)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if proc.returncode == 0:
-            os.replace(partial, target)  # atomic: a reader sees the old state or a complete library
             return
-        partial.unlink(missing_ok=True)
         errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-800:]}")
     raise RuntimeError("compiling the CPU kernels failed: " + " | ".join(errors))
 
 
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary file beside ``target``, record its size and checksum, then rename it into place."""
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        compile_library(compiler, partial)
+        # The record goes first: a reader that sees the new record with the old library finds them mismatched
+        # and waits on the lock for this build, never the other way round.
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".json", delete=False) as record:
+            json.dump(_fingerprint(partial), record)
+        os.replace(record.name, record_file(target))
+        os.replace(partial, target)  # atomic: a reader sees the old state or a complete library
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _build_and_load() -> ctypes.CDLL:
-    compiler = _compiler()
+    compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++: apt-get install g++)")
-    directory = cache_dir() / "cpu-kernels"
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"bnlab_cpu-{_build_key(compiler)}.so"
-    if not target.exists():
-        with open(directory / ".lock", "w") as lock:
+    target = library_file(compiler)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mismatch(target) is not None:
+        with open(target.parent / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the library built
-            if not target.exists():
+            why = mismatch(target)
+            if why is not None:
+                if target.exists():
+                    logger.warning("bnlab: rebuilding the cached CPU kernels %s: %s", target, why)
                 logger.info("bnlab: compiling the CPU kernels into %s (once per machine and version)", target)
-                _compile(compiler, target)
+                _build(compiler, target)
     # torch is imported first, so libgomp.so.1 resolves to the OpenMP runtime torch already loaded: one thread
     # pool for both, instead of two pools competing for the same cores.
     import torch  # noqa: F401

@@ -38,6 +38,7 @@ class LayerObservation:
     max_calls_per_forward: int = 0
     biased_producers: dict[str, float] = field(default_factory=dict)  # conv/linear name → mean |bias|
     dropouts_upstream: dict[str, float] = field(default_factory=dict)  # dropout name → p
+    non_finite: list[int] = field(default_factory=list)  # batches (0-based) whose input here had NaN or inf
 
 
 @dataclass
@@ -56,7 +57,9 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
     """Run ``batches`` through ``model`` (a copy in eval mode, owned by the doctor) and watch every BN layer.
 
     Returns the observations by layer name and the samples the batches held (the N of the first batch-norm
-    input of each forward, so that a layer called twice does not count them twice).
+    input of each forward, so that a layer called twice does not count them twice; without batch norm, the N of
+    the batch's first tensor). An input with NaN or infinities is left out of the layer's statistics and its
+    batch recorded in ``non_finite``.
     """
     layers = norm_layers(model)
     observations = {name: LayerObservation(name, module) for name, module in layers}
@@ -64,6 +67,7 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
     origins: dict[int, _Origin] = {}
     calls: dict[str, int] = {}
     first_size: list[int | None] = [None]  # N of the first batch-norm input in this forward: the batch's samples
+    current = [0]  # the batch being run
     samples = 0
 
     def upstream_dropouts(args: tuple[Any, ...]) -> dict[str, float]:
@@ -82,7 +86,8 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
         calls[obs.name] = calls.get(obs.name, 0) + 1
         if first_size[0] is None:
             first_size[0] = x.shape[0]
-        gather(obs.inputs, x, obs.name)
+        if not gather(obs.inputs, x, obs.name):
+            obs.non_finite.append(current[0])
         origin = origins.get(id(x))
         if origin is None:
             return
@@ -109,12 +114,13 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
                 if not any(True for _ in m.children())]
     try:
         with torch.no_grad():
-            for batch in batches:
+            for index, batch in enumerate(batches):
                 origins.clear()
                 calls.clear()
                 first_size[0] = None
+                current[0] = index
                 forward(model, batch)
-                samples += first_size[0] or 0
+                samples += first_size[0] or _leading_size(batch)
                 for name, count in calls.items():
                     observations[name].max_calls_per_forward = max(observations[name].max_calls_per_forward, count)
     finally:
@@ -124,13 +130,26 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
     return observations, samples
 
 
-def gather(accumulator: PopulationAccumulator, x: Tensor, layer: str) -> None:
+def gather(accumulator: PopulationAccumulator, x: Tensor, layer: str) -> bool:
     """Add one batch-norm input to the layer's statistics; one value per channel (a single sample, legal at
-    inference) has no variance, so that batch is only counted (few_values_per_channel reports it)."""
+    inference) has no variance, so that batch is only counted (few_values_per_channel reports it). An input with
+    NaN or infinities is left out (False): it would make every statistic NaN."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        return False
     if values_per_channel(x) >= 2:
         accumulator.add(x, layer)
     else:
         accumulator.count(x)
+    return True
+
+
+def _leading_size(batch: Any) -> int:
+    """N of the batch's first tensor (a tensor, or the first of a tuple, list or dict), 0 if there is none."""
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, tuple | list):
+        batch = next((b for b in batch if isinstance(b, Tensor)), None)
+    return batch.shape[0] if isinstance(batch, Tensor) and batch.dim() else 0
 
 
 def input_variances(model: nn.Module, batches: list[Any], forward: Forward,
