@@ -71,7 +71,7 @@ __all__ = [  # the submodules and the names above
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these on first use
     from typing import Any
 
-    from bnlab import compat, functional, fused, init, kernels, nn, reference, tools
+    from bnlab import compat, functional, fused, init, nn, reference, tools
     from bnlab.kernels import BackendUnavailableError, available_backends
     from bnlab.nn import (
         BatchNorm1d,
