@@ -7,8 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from bnlab.kernels.base import TrainForward
-from bnlab.kernels.fused import FusedBackend, FusedBackward
+from bnlab.kernels.base import Backend, TrainBackward, TrainForward
 
 # (shape, layout): layout is "contiguous", "channels_last" or "strided" (a non-contiguous view).
 SHAPES = [
@@ -59,13 +58,17 @@ def module_class(dim: int, family: str = "bnlab") -> type[torch.nn.Module]:
     return {2: ns.BatchNorm1d, 3: ns.BatchNorm1d, 4: ns.BatchNorm2d, 5: ns.BatchNorm3d}[dim]
 
 
-def run_fused(impl: FusedBackend, x: torch.Tensor, r: torch.Tensor | None, w: torch.Tensor | None,
+def run_fused(impl: Backend, x: torch.Tensor, r: torch.Tensor | None, w: torch.Tensor | None,
               b: torch.Tensor | None, g: torch.Tensor, activation: str,
-              save: str) -> tuple[TrainForward, FusedBackward]:
-    """One training step of a fused backend: forward (eps 1e-5, slope 0.1), then the backward from ∂ℓ/∂y = g, saving
-    x (save="input") or y (save="output"); ∂ℓ/∂r is asked for when there is a residual r."""
-    out = impl.fused_forward_train(x, r, w, b, 1e-5, activation, 0.1)
+              save: str) -> tuple[TrainForward, TrainBackward]:
+    """One training step of a backend's fused call: forward (eps 1e-5, slope 0.1), then the backward from ∂ℓ/∂y = g,
+    saving x (save="input") or y (save="output"); ∂ℓ/∂r is asked for when there is a residual r."""
+    out = impl.forward_train(x, w, b, 1e-5, r, activation, 0.1)
     saved = out.y if save == "output" else x
-    grads = impl.fused_backward(g, saved, r, w, b, out.mean, out.invstd, activation, 0.1, save == "output",
-                                r is not None)
+    grads = impl.backward(g, saved, out.mean, out.invstd, w, b, r, activation, 0.1, save == "output", r is not None)
     return out, grads
+
+
+def step_tensors(step: tuple[TrainForward, TrainBackward]) -> list[torch.Tensor]:
+    """Every tensor :func:`run_fused` gave (outputs, statistics, gradients), for bit-for-bit comparisons."""
+    return [t for t in (*step[0], *step[1]) if isinstance(t, torch.Tensor)]

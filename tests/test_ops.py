@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import bnlab
-from bnlab import ops
-from bnlab.kernels import available_backends
+from bnlab import _autograd
+from bnlab.kernels import available_backends, get_backend
+from bnlab.kernels.registry import name_id
 from cases import SMALL_SHAPES, make_input
 from conftest import require
 
@@ -49,23 +50,38 @@ def test_gradcheck_without_weight(backend: str) -> None:
 @pytest.mark.parametrize("backend_name", available_backends("cpu"))
 def test_custom_ops_pass_opcheck(backend_name: str) -> None:
     x = make_input((4, 3, 5), "contiguous").requires_grad_()
+    r = make_input((4, 3, 5), "contiguous").requires_grad_()
     w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
-    torch.library.opcheck(ops.train_forward_op, (x, w, b, 1e-5, backend_name))
-    torch.library.opcheck(ops.train_forward_op, (x.detach().to(memory_format=torch.contiguous_format), None, None,
-                                                 1e-5, backend_name))
+    chosen = torch.tensor(name_id(backend_name))
+    torch.library.opcheck(_autograd.train_op, (x, None, w, b, 1e-5, "identity", 0.01, "input", chosen))
+    torch.library.opcheck(_autograd.train_op, (x.detach().to(memory_format=torch.contiguous_format), None, None,
+                                               None, 1e-5, "identity", 0.01, "input", chosen))
+    torch.library.opcheck(_autograd.train_op, (x, r, w, b, 1e-5, "relu", 0.01, "input", chosen))
+    # save="output": the kept input is an output whose size (0, or all of x) only the kernel knows.
+    torch.library.opcheck(_autograd.train_op, (x, None, w, b, 1e-5, "elu", 0.01, "output", chosen))
+    zero_gamma = w.detach().clone()
+    zero_gamma[1] = 0.0
+    torch.library.opcheck(_autograd.train_op, (x, r, zero_gamma.requires_grad_(), b, 1e-5, "leaky_relu", 0.01,
+                                               "output", chosen))
     mean, invstd = torch.randn(3), torch.rand(3) + 0.5
-    torch.library.opcheck(ops.train_backward_op, (torch.randn(4, 3, 5), x.detach(), w.detach(), mean, invstd,
-                                                  backend_name))
-    torch.library.opcheck(ops.eval_forward_op, (x, torch.zeros(3), torch.ones(3), w, b, 1e-5, backend_name))
+    torch.library.opcheck(_autograd.train_backward_op, (torch.randn(4, 3, 5), x.detach(), x.new_empty(0), None,
+                                                        w.detach(), None, mean, invstd, "identity", 0.01, "input",
+                                                        False, chosen))
+    torch.library.opcheck(_autograd.train_backward_op, (torch.randn(4, 3, 5), x.detach(), x.new_empty(0),
+                                                        r.detach(), w.detach(), b.detach(), mean, invstd, "silu",
+                                                        0.01, "input", True, chosen))
+    torch.library.opcheck(_autograd.eval_op, (x, None, torch.zeros(3), torch.ones(3), w, b, 1e-5, "identity", 0.01,
+                                              chosen))
     cl = make_input((2, 3, 4, 4), "channels_last")
-    torch.library.opcheck(ops.eval_forward_op, (cl, torch.zeros(3), torch.ones(3), None, None, 1e-5, backend_name))
+    torch.library.opcheck(_autograd.eval_op, (cl, None, torch.zeros(3), torch.ones(3), None, None, 1e-5, "elu", 0.01,
+                                              chosen))
 
 
 def test_eager_function_and_custom_op_agree(backend: str) -> None:
     x = make_input((6, 4, 3, 3), "channels_last").requires_grad_()
     w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
-    eager = ops._TrainFunction.apply(x, w, b, 1e-5, backend)
-    op = ops.train_forward_op(x, w, b, 1e-5, backend)
+    eager = _autograd._TrainFunction.apply(x, None, w, b, 1e-5, "identity", 0.01, "input", get_backend(backend))
+    op = _autograd.train_op(x, None, w, b, 1e-5, "identity", 0.01, "input", torch.tensor(name_id(backend)))[:4]
     for e, o in zip(eager, op, strict=True):
         assert torch.equal(e, o)
     g = torch.randn_like(x)
@@ -121,7 +137,7 @@ def test_fx_symbolic_trace_keeps_modes_switchable(backend: str) -> None:
     traced = torch.fx.symbolic_trace(model)
     x = torch.randn(2, 3, 8, 8)
     targets = [node.target for node in traced.graph.nodes]
-    assert bnlab.nn.batchnorm._module_forward in targets  # one node per BN, not its inner ops
+    assert bnlab.nn.batchnorm.module_forward in targets  # one node per BN, not its inner ops
     torch.testing.assert_close(traced(x), model(x))  # training mode: batch statistics
     traced.eval()
     model.eval()

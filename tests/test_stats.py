@@ -72,3 +72,47 @@ def test_cumulative_factor_keeps_float64_precision() -> None:
         factor = _stats.advance(counter, None)
         _stats.update_running_stats(rm, None, torch.tensor([value], dtype=torch.float64), torch.zeros(1), 2, factor)
     assert abs(rm.item() - 7.0 / 3.0) < 1e-15  # a float32 factor 1/3 would be off by about 1e-8
+
+
+def test_batch_moments_are_the_one_definition_of_mu_and_sigma2() -> None:
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])  # (N=3, C=2)
+    moments = _stats.batch_moments(x)
+    assert moments.count.tolist() == [3.0, 3.0]
+    torch.testing.assert_close(moments.mean, torch.tensor([3.0, 6.0]))
+    torch.testing.assert_close(moments.m2, torch.tensor([8.0, 32.0]))  # Σ(x − μ)²
+    mean, var = _stats.mean_var(moments)
+    assert mean is moments.mean
+    torch.testing.assert_close(var, torch.tensor([8.0 / 3, 32.0 / 3]))
+
+
+def test_merging_is_chan_s_formula_and_an_empty_part_is_its_identity() -> None:
+    x = torch.randn(10, 3, 4, dtype=torch.float64) * 5 + 100
+    whole = _stats.batch_moments(x)
+    for split in (0, 1, 4, 10):
+        first, second = _stats.batch_moments(x[:split]), _stats.batch_moments(x[split:])
+        for merged in (_stats.merge_moments(first, second), _stats.merge_moments(second, first)):
+            for a, b in zip(merged, whole, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+    empty = _stats.batch_moments(x[:0])
+    assert empty.count.sum() == empty.mean.abs().sum() == empty.m2.sum() == 0
+    both_empty = _stats.merge_moments(empty, empty)
+    assert torch.isfinite(both_empty.mean).all() and both_empty.count.sum() == 0
+
+
+def test_masked_moments_leave_padding_out() -> None:
+    x = torch.tensor([[[1.0, 2.0, 100.0]], [[3.0, -50.0, 5.0]]])  # (N=2, C=1, L=3)
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    moments = _stats.batch_moments(x, mask)
+    assert moments.count.tolist() == [4.0]
+    torch.testing.assert_close(moments.mean, torch.tensor([2.75]))
+    torch.testing.assert_close(moments.m2, torch.tensor([(1.75**2) + (0.75**2) + (0.25**2) + (2.25**2)]))
+    with pytest.raises(ValueError, match="mask must be a boolean"):
+        _stats.batch_moments(x, mask.float())
+
+
+def test_a_per_channel_count_updates_on_the_device_and_skips_empty_channels() -> None:
+    rm, rv = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0])
+    count = torch.tensor([5.0, 0.0])  # the second channel saw no valid value (all masked)
+    _stats.update_running_stats(rm, rv, torch.tensor([11.0, 99.0]), torch.tensor([0.8, 99.0]), count, 0.1)
+    torch.testing.assert_close(rm, torch.tensor([0.9 + 1.1, 1.0]))
+    torch.testing.assert_close(rv, torch.tensor([0.9 * 2 + 0.1 * 1.0, 2.0]))

@@ -11,7 +11,11 @@ The public surface:
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
   :func:`bnlab.doctor`, :func:`bnlab.summary` (a Keras-style table of layers and parameters), and
   :class:`bnlab.FrozenBatchNorm2d` (and 1d/3d).
-- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.fused.batch_norm_act`: act(BN(x) + residual) fused.
+- :class:`bnlab.nn.BatchNormAct2d` (1d, 3d) and :func:`bnlab.functional.batch_norm_act` (also
+  ``bnlab.fused.batch_norm_act``): act(BN(x) + residual) as one operation.
+
+The backends themselves (:mod:`bnlab.kernels`) are importable for those who write one (CONTRIBUTING.md), but are
+not part of this surface.
 
 Every name here is imported on first use (PEP 562), so ``import bnlab`` does not import torch: the ``bnlab``
 command (whose entry point lives in :mod:`bnlab.cli`, below this package) starts at once and can answer Ctrl-C
@@ -27,7 +31,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which th
 __version__ = "0.1.0"
 
 #: The submodules that are part of the public surface.
-_SUBMODULES = frozenset({"compat", "functional", "fused", "init", "kernels", "nn", "ops", "reference", "tools"})
+_SUBMODULES = frozenset({"compat", "functional", "fused", "init", "kernels", "nn", "reference", "tools"})
 #: Each re-exported name, and the module it comes from.
 _NAMES = {
     "BackendUnavailableError": "bnlab.kernels",
@@ -60,9 +64,7 @@ __all__ = [  # the submodules and the names above
     "functional",
     "fused",
     "init",
-    "kernels",
     "nn",
-    "ops",
     "recalibrate",
     "reference",
     "summary",
@@ -72,7 +74,7 @@ __all__ = [  # the submodules and the names above
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these on first use
     from typing import Any
 
-    from bnlab import compat, functional, fused, init, kernels, nn, ops, reference, tools
+    from bnlab import compat, functional, fused, init, nn, reference, tools
     from bnlab.kernels import BackendUnavailableError, available_backends
     from bnlab.nn import (
         BatchNorm1d,

@@ -1,7 +1,10 @@
-"""Argument checks shared by the functional API and the modules.
+"""Argument checks shared by the functional API and the modules: the one checking path of a batch-norm call.
 
 Each check raises the exception type PyTorch raises for the same mistake (so ``except`` clauses written for
-torch keep working), with a message that says what was wrong and how to fix it.
+torch keep working), with a message that says what was wrong and how to fix it. With several mistakes in one call
+the first one torch would report is the one reported: torch checks one value per channel (in Python), then ε, then
+(for a non-empty batch only) each buffer and parameter in turn, then the running statistics' ``requires_grad``,
+then the two running buffers given together, and the dtypes last.
 """
 
 from __future__ import annotations
@@ -11,20 +14,64 @@ import math
 import torch
 from torch import Tensor
 
-from bnlab.kernels.base import FLOAT_DTYPES
+from bnlab._shapes import FLOAT_DTYPES, SHAPE_NAMES
+from bnlab.reference.fused import ACTIVATIONS, INVERTIBLE
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+SAVE_MODES = ("input", "output")
 
 
 def check_input_rank(input: Tensor, allowed: tuple[int, ...], layer: str) -> None:
     """The module's rank check: BatchNorm1d takes 2D or 3D input, BatchNorm2d 4D, BatchNorm3d 5D."""
     if input.dim() not in allowed:
         expected = " or ".join(f"{d}D" for d in allowed)
-        shapes = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}
-        hint = " or ".join(shapes[d] for d in allowed)
+        hint = " or ".join(SHAPE_NAMES[d] for d in allowed)
         raise ValueError(
             f"expected {expected} input (got {input.dim()}D input of shape {tuple(input.shape)}); "
             f"{layer} normalizes inputs shaped {hint}"
+        )
+
+
+def check_momentum(momentum: object, layer: str = "bnlab.nn.BatchNorm*d") -> None:
+    """The functional forms take a number; the cumulative average (None) needs a module's batch counter."""
+    if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, int | float):
+        raise TypeError(
+            f"momentum must be a number, got {momentum!r}; the cumulative average (momentum=None) needs the "
+            f"batch counter of a module: use {layer}(momentum=None)"
+        )
+
+
+def check_act_args(activation: str, negative_slope: float, save: str) -> None:
+    """The fused layer's own arguments; ValueError (TypeError for a non-number slope) saying what is allowed."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    if save not in SAVE_MODES:
+        raise ValueError(f"save must be one of {SAVE_MODES}, got {save!r}")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, int | float):
+        raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
+    if save == "output":
+        if activation not in INVERTIBLE:
+            raise ValueError(
+                f"save='output' recovers the input from the output, which needs an invertible activation "
+                f"{INVERTIBLE}; {activation!r} is not: use save='input'"
+            )
+        if activation == "leaky_relu" and negative_slope <= 0:
+            raise ValueError(
+                f"save='output' with leaky_relu needs negative_slope > 0 to invert it, got {negative_slope}; "
+                f"use save='input'"
+            )
+
+
+def check_residual(input: Tensor, residual: Tensor | None) -> None:
+    """None, or a tensor of the input's shape, dtype and device (what torch's ``+`` would need, without broadcast)."""
+    if residual is None:
+        return
+    if not isinstance(residual, Tensor):
+        raise TypeError(f"residual must be a tensor or None, got {type(residual).__name__}")
+    if residual.shape != input.shape or residual.dtype != input.dtype or residual.device != input.device:
+        raise ValueError(
+            f"residual must match the input: got {tuple(residual.shape)} {residual.dtype} on {residual.device} "
+            f"for an input of {tuple(input.shape)} {input.dtype} on {input.device}"
         )
 
 
@@ -34,75 +81,84 @@ _FLOAT_SET = frozenset(FLOAT_DTYPES)
 
 def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                           weight: Tensor | None, bias: Tensor | None, training: bool, eps: float) -> None:
-    """Everything ``batch_norm`` needs of its arguments before a backend sees them.
+    """Everything ``batch_norm`` needs of its arguments before a backend sees them, in torch's order.
 
-    This runs on every call, so the loop below only compares; the messages are built once something fails.
+    This runs on every call, so the common path only compares; messages are built once something fails.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
-    if input.dim() < 2:
-        raise RuntimeError(
-            f"batch_norm expects an input of shape (N, C, *) with at least 2 dimensions, got shape "
-            f"{tuple(input.shape)}; add a batch dimension with input.unsqueeze(0) if this is one sample"
-        )
-    if input.dtype not in _FLOAT_SET:
-        # torch raises NotImplementedError (a RuntimeError) for integer and complex inputs.
-        raise NotImplementedError(
-            f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {input.dtype}; "
-            f"convert it with input.float()"
-        )
-    channels, device, param_dtype = input.shape[1], input.device, None
-    for index, t in enumerate((running_mean, running_var, weight, bias)):
-        if t is None:
-            continue
-        if t.numel() != channels:
-            raise RuntimeError(
-                f"{_PARAM_NAMES[index]} should contain {channels} elements not {t.numel()}: the input of shape "
-                f"{tuple(input.shape)} has {channels} channels (dimension 1), and batch norm keeps one value per "
-                f"channel; build the layer with num_features={channels} or check which dimension holds the channels"
-            )
-        if t.device != device:
-            raise RuntimeError(
-                f"{_PARAM_NAMES[index]} is on {t.device} but the input is on {input.device}; move the layer with "
-                f".to(device)"
-            )
-        if param_dtype is None:
-            param_dtype = t.dtype
-        elif t.dtype != param_dtype:
-            param_dtype = _MIXED
-    if param_dtype is not None and param_dtype != input.dtype:
-        _check_dtypes(input, running_mean, running_var, weight, bias)
-    if not training and (running_mean is None or running_var is None):
-        missing = "running_mean" if running_mean is None else "running_var"
-        raise RuntimeError(
-            f"{missing} must be defined in evaluation mode (training=False normalizes with running statistics); "
-            f"pass both running buffers, or training=True to use the batch's own statistics"
-        )
-    # torch's rule and wording: ε = 0 is allowed with running statistics (their variance is then trusted to be
+    shape = input.shape
+    # torch's rule and wording for ε: 0 is allowed with running statistics (their variance is then trusted to be
     # positive), never with batch statistics, where a constant channel would divide by zero.
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if training:
+        if shape and _one_value(shape):
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {shape}: a variance "
+                f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
+            )
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if training and _one_value(input):
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {input.shape}: a variance "
-            f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"
+    if not input.numel():
+        return  # torch checks nothing more of an empty batch: it returns an empty output whatever the rest
+    if len(shape) < 2:
+        raise RuntimeError(
+            f"batch_norm expects an input of shape (N, C, *) with at least 2 dimensions, got shape "
+            f"{tuple(shape)}; add a batch dimension with input.unsqueeze(0) if this is one sample"
         )
-    for index, t in enumerate((running_mean, running_var)):
-        if t is not None and t.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                f"{_PARAM_NAMES[index]} requires grad, but batch norm does not differentiate through running "
-                f"statistics; pass {_PARAM_NAMES[index]}.detach() or a buffer"
-            )
+    channels, dtype, same_dtype = shape[1], input.dtype, True
+    # is_cpu first: on a CPU input (the common case) it settles the device with one cheap attribute per tensor.
+    on_cpu = input.is_cpu
+    for index, t in enumerate((running_mean, running_var, weight, bias)):
+        if t is None:
+            if index < 2 and not training:
+                raise RuntimeError(
+                    f"{_PARAM_NAMES[index]} must be defined in evaluation mode (training=False normalizes with "
+                    f"running statistics); pass both running buffers, or training=True to use the batch's own "
+                    f"statistics"
+                )
+        else:
+            if t.numel() != channels:
+                raise RuntimeError(
+                    f"{_PARAM_NAMES[index]} should contain {channels} elements not {t.numel()}: the input of shape "
+                    f"{tuple(shape)} has {channels} channels (dimension 1), and batch norm keeps one value per "
+                    f"channel; build the layer with num_features={channels} or check which dimension holds the "
+                    f"channels"
+                )
+            if (not t.is_cpu) if on_cpu else t.device != input.device:
+                raise RuntimeError(
+                    f"{_PARAM_NAMES[index]} is on {t.device} but the input is on {input.device}; move the layer "
+                    f"with .to(device)"
+                )
+            if t.dtype is not dtype:  # dtypes are singletons
+                same_dtype = False
+    if torch.is_grad_enabled() and ((running_mean is not None and running_mean.requires_grad)
+                                    or (running_var is not None and running_var.requires_grad)):
+        name = "running_mean" if running_mean is not None and running_mean.requires_grad else "running_var"
+        raise RuntimeError(
+            f"{name} requires grad, but batch norm does not differentiate through running statistics; pass "
+            f"{name}.detach() or a buffer"
+        )
+    if training and (running_mean is None) != (running_var is None):
+        given = "running_mean" if running_var is None else "running_var"
+        raise ValueError(
+            f"running_mean and running_var must either both be None or neither be None: only {given} was given, "
+            f"and a training call updates both; pass the other buffer too, or neither"
+        )
+    if dtype not in _FLOAT_SET:
+        # torch raises NotImplementedError (a RuntimeError) for integer and complex inputs.
+        raise NotImplementedError(
+            f"batch_norm needs a floating-point input (float16, bfloat16, float32 or float64), got {dtype}; "
+            f"convert it with input.float()"
+        )
+    if not same_dtype:
+        _check_dtypes(input, running_mean, running_var, weight, bias)
 
 
-_MIXED = torch.uint8  # a marker: the parameters do not share one dtype (never a valid parameter dtype)
-
-
-def _one_value(input: Tensor) -> bool:
-    # torch's test: the product of every size but the channels' is 1 (true of empty-channel inputs too).
-    return input.shape[0] * math.prod(input.shape[2:]) == 1
+def _one_value(shape: torch.Size) -> bool:
+    # torch's test (F.batch_norm's _verify_batch_size): the product of every size but the channels' is 1.
+    return shape[0] * math.prod(shape[2:]) == 1
 
 
 def _check_dtypes(input: Tensor, *tensors: Tensor | None) -> None:

@@ -1,16 +1,18 @@
-"""The fused contract: the reference's hand-written backward against autograd, and every fused backend that runs
-on this CPU (``cpu``; ``triton`` in tests/kernels/test_triton.py) against the reference."""
+"""The fused calls of the contract (a residual, an activation, save="input"/"output"): the reference's hand-written
+backward against autograd, and every backend that runs on this CPU (``triton`` in tests/kernels/test_triton.py)
+against the reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bnlab.fused import fused_impl
-from bnlab.kernels import available_backends
-from bnlab.kernels.fused import ACTIVATIONS, REFERENCE_FUSED, activate
-from cases import make_input, run_fused
-from tolerances import FLOOR, max_error
+from bnlab.kernels import available_backends, get_backend
+from bnlab.reference.fused import ACTIVATIONS, activate
+from cases import make_input, run_fused, step_tensors
+from tolerances import KERNEL_FLOOR, max_error
+
+REFERENCE = get_backend("reference")
 
 FUSED_CASES = [
     pytest.param((6, 4), "contiguous", id="1d-N6-C4"),
@@ -29,8 +31,7 @@ MODES = [  # (activation, save, residual): each activation with and without a re
     pytest.param("leaky_relu", "output", True, id="leaky-out+res"),
     pytest.param("elu", "output", False, id="elu-out"),
 ]
-FUSED_BACKENDS = [n for n in available_backends("cpu") if n != "reference" and fused_impl(n) is not None
-                  and n != "triton"]
+FUSED_BACKENDS = [n for n in available_backends("cpu") if n not in ("reference", "triton")]
 
 
 def autograd_reference(x, residual, weight, bias, grad_y, activation, slope=0.1):
@@ -57,7 +58,7 @@ def _inputs(shape, layout, residual, dtype=torch.float32):
 @pytest.mark.parametrize(("activation", "save", "residual"), MODES)
 def test_reference_backward_matches_autograd(shape, layout, activation, save, residual) -> None:
     x, r, w, b, g = _inputs(shape, layout, residual, torch.float64)
-    out, grads = run_fused(REFERENCE_FUSED, x, r, w, b, g, activation, save)
+    out, grads = run_fused(REFERENCE, x, r, w, b, g, activation, save)
     y, dx, dr, dw, db = autograd_reference(x, r, w, b, g, activation)
     for what, ours, exact in (("y", out.y, y), ("dx", grads.dx, dx), ("dw", grads.dweight, dw),
                               ("db", grads.dbias, db), ("dr", grads.dresidual, dr)):
@@ -73,12 +74,12 @@ def test_reference_backward_matches_autograd(shape, layout, activation, save, re
 @pytest.mark.parametrize(("activation", "save", "residual"), MODES)
 def test_fused_backend_matches_reference(name, dtype, shape, layout, activation, save, residual) -> None:
     x, r, w, b, g = _inputs(shape, layout, residual, dtype)
-    impl = fused_impl(name)
+    impl = get_backend(name)
     out, grads = run_fused(impl, x, r, w, b, g, activation, save)
     y, dx, dr, dw, db = autograd_reference(x, r, w, b, g, activation)
     assert out.y.dtype == dtype and out.y.stride() == x.stride(), "dtype and memory format are kept"
     # Low precision: compare to what the float64 math gives from the rounded forward (the reference at dtype).
-    ref_out, ref_grads = run_fused(REFERENCE_FUSED, x, r, w, b, g, activation, save)
+    ref_out, ref_grads = run_fused(REFERENCE, x, r, w, b, g, activation, save)
     for what, ours, at_dtype, exact in (("y", out.y, ref_out.y, y), ("dx", grads.dx, ref_grads.dx, dx),
                                         ("dw", grads.dweight, ref_grads.dweight, dw),
                                         ("db", grads.dbias, ref_grads.dbias, db),
@@ -86,16 +87,16 @@ def test_fused_backend_matches_reference(name, dtype, shape, layout, activation,
         if exact is None:
             continue
         scale = max(1.0, exact.abs().max().item())
-        bound = 2 * max_error(at_dtype, exact) + 4 * FLOOR[dtype] * scale
+        bound = 2 * max_error(at_dtype, exact) + KERNEL_FLOOR[dtype] * scale
         assert max_error(ours, exact) <= bound, f"{what}: {max_error(ours, exact):.3g} > {bound:.3g}"
 
 
 @pytest.mark.parametrize("name", FUSED_BACKENDS)
 def test_fused_backend_is_deterministic(name) -> None:
     x, r, w, b, g = _inputs((8, 16, 20, 20), "channels_last", True)
-    first = run_fused(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
-    second = run_fused(fused_impl(name), x, r, w, b, g, "leaky_relu", "input")
-    for a, c in zip([*first[0], *first[1]], [*second[0], *second[1]], strict=True):
+    first = run_fused(get_backend(name), x, r, w, b, g, "leaky_relu", "input")
+    second = run_fused(get_backend(name), x, r, w, b, g, "leaky_relu", "input")
+    for a, c in zip(step_tensors(first), step_tensors(second), strict=True):
         assert torch.equal(a, c)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -10,7 +12,6 @@ from bnlab.kernels import (
     ENV_VAR,
     Backend,
     BackendUnavailableError,
-    TrainBackward,
     TrainForward,
     available_backends,
     backend_names,
@@ -80,21 +81,24 @@ class _CudaOnly(Backend):
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
         return 100
 
-    def forward_train(self, x, weight, bias, eps):  # type: ignore[no-untyped-def]
+    def stats(self, x, mask=None):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
-    def backward(self, grad_y, x, weight, mean, invstd) -> TrainBackward:  # type: ignore[no-untyped-def]
+    def elemt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
-    def forward_eval(self, x, running_mean, running_var, weight, bias, eps):  # type: ignore[no-untyped-def]
+    def backward_reduce(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("never called on CPU")
+
+    def backward_elemt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("never called on CPU")
 
 
 @pytest.fixture
-def cuda_only_backend(monkeypatch: pytest.MonkeyPatch) -> Backend:
+def cuda_only_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
-    monkeypatch.setattr(registry, "_RESOLVED", {})
-    return registry.register(_CudaOnly())
+    yield registry.register(_CudaOnly())
+    registry.clear_cache()  # the stand-in leaves with the monkeypatch: forget what was answered with it
 
 
 def test_explicit_backend_that_cannot_run_says_why(cuda_only_backend: Backend) -> None:
@@ -118,3 +122,35 @@ def test_register_refuses_duplicates_and_reserved_names(cuda_only_backend: Backe
 
 def test_bnlab_exports_available_backends() -> None:
     assert bnlab.available_backends is available_backends
+
+
+def test_answers_follow_the_environment_availability_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # triton's availability on CPU reads TRITON_INTERPRET: an answer given with it set must not outlive it.
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed here")
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve("triton", cpu, torch.float32).name == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+        resolve("triton", cpu, torch.float32)
+    assert "triton" not in available_backends("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve("triton", cpu, torch.float32).name == "triton"
+
+
+def test_clear_cache_makes_the_registry_ask_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = get_backend("native")
+    asked: list[str] = []
+    original = type(native).unavailable_reason
+    monkeypatch.setattr(type(native), "unavailable_reason",
+                        lambda self, device, dtype: asked.append("native") or original(self, device, dtype))
+    registry.clear_cache()
+    resolve("native", torch.device("cpu"), torch.float16)
+    resolve("native", torch.device("cpu"), torch.float16)
+    assert asked == ["native"], "answered from the cache the second time"
+    registry.clear_cache()
+    resolve("native", torch.device("cpu"), torch.float16)
+    assert asked == ["native", "native"]

@@ -49,7 +49,7 @@ def test_matches_torch_sequence(backend, ours_cls, torch_cls, shape, activation)
     assert ours.num_batches_tracked == theirs.num_batches_tracked == 1
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "native"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_gamma_with_save_output_keeps_gradients_exact(backend) -> None:
     """γ = 0 in a channel: x̂ cannot come from y there, so that call saves x; gradients equal save="input"."""
     layers = {save: bnlab.nn.BatchNormAct2d(4, activation="leaky_relu", save=save, backend=backend)
@@ -76,7 +76,7 @@ def test_zero_gamma_with_save_output_keeps_gradients_exact(backend) -> None:
     assert xi.data_ptr() in pointers and y.data_ptr() not in pointers
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "native"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_negative_gamma_is_recovered_from_output(backend) -> None:
     layer = bnlab.nn.BatchNormAct2d(3, activation="elu", save="output", backend=backend)
     layer.weight.data = torch.tensor([-1.5, 0.7, -0.2])
@@ -110,8 +110,6 @@ def test_bad_arguments_say_what_to_do() -> None:
         layer(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5))
     with pytest.raises(ValueError, match="expected 4D input"):
         layer(torch.randn(2, 3))
-    with pytest.raises(ValueError, match="needs fused kernels"):
-        bnlab.nn.BatchNormAct2d(3, activation="elu", save="output", backend="native")(torch.randn(2, 3, 4, 4))
     assert "save='input'" in repr(layer) and "activation='relu'" in repr(layer)
 
 
@@ -135,7 +133,7 @@ def test_a_failed_call_leaves_the_counter_alone() -> None:
     assert int(layer.num_batches_tracked) == 0
 
 
-FUSED_BACKENDS = [n for n in available_backends("cpu") if bnlab.fused.fused_impl(n) is not None]
+FUSED_BACKENDS = BACKENDS  # every backend runs the fused calls (native composes PyTorch's ops)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -189,8 +187,31 @@ def test_torch_fx_traces_the_fused_layer_and_keeps_modes_switchable() -> None:
     torch.testing.assert_close(traced(x), model(x))
 
 
-def test_save_output_under_an_environment_backend_without_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BNLAB_BACKEND", "native")  # the user asked for native everywhere: no silent switch
-    layer = bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", save="output")
-    with pytest.raises(ValueError, match=r"fused kernels.*\$BNLAB_BACKEND=native"):
-        layer(torch.randn(2, 3, 4, 4))
+@pytest.mark.parametrize("chosen_by", ["argument", "environment"])
+def test_save_output_runs_on_native_itself(monkeypatch: pytest.MonkeyPatch, chosen_by: str) -> None:
+    # native has no fused kernels: it composes PyTorch's ops, saving y alone, instead of switching backend.
+    calls: list[str] = []
+    for name in ("native", "reference", "cpu"):
+        if name in BACKENDS:
+            backend = bnlab.kernels.get_backend(name)
+            original = type(backend).forward_train
+            monkeypatch.setattr(type(backend), "forward_train",
+                                lambda self, *a, _o=original, **k: calls.append(self.name) or _o(self, *a, **k))
+    if chosen_by == "environment":
+        monkeypatch.setenv("BNLAB_BACKEND", "native")
+    layer = bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", save="output",
+                                    backend="native" if chosen_by == "argument" else "auto")
+    x = torch.randn(8, 3, 16, 16, requires_grad=True)
+    y = layer(x)
+    assert calls == ["native"]
+    pointers: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: pointers.append(t.data_ptr()) or t, lambda t: t):
+        y = layer(x)
+    assert y.data_ptr() in pointers and x.data_ptr() not in pointers
+    reference = bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", backend="reference")
+    reference.load_state_dict(layer.state_dict())
+    xr = x.detach().clone().requires_grad_()
+    g = torch.randn_like(y)
+    y.backward(g)
+    reference(xr).backward(g)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)

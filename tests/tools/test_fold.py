@@ -98,7 +98,7 @@ def test_training_mode_is_refused() -> None:
 
 
 def test_a_graph_traced_elsewhere_with_bnlab_layers_folds(randomize: Randomize) -> None:
-    # torch.fx's own tracer shows bnlab layers as call_function(_module_forward, (get_attr bn, x)).
+    # torch.fx's own tracer shows bnlab layers as call_function(module_forward, (get_attr bn, x)).
     model = randomize(nn.Sequential(nn.Linear(5, 6), bnlab.BatchNorm1d(6), nn.ReLU(), bnlab.BatchNorm1d(6),
                                      nn.Linear(6, 2)))
     traced = torch.fx.symbolic_trace(model).eval()

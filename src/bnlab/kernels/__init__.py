@@ -1,11 +1,11 @@
-"""Batch-norm backends behind one contract (:mod:`bnlab.kernels.base`) and the registry that picks one.
+"""Batch-norm backends behind one phase-level contract (:mod:`bnlab.kernels.base`) and the registry that picks one.
 
-Registered here, in the order a newcomer should read them: ``reference`` (the paper's math) and ``native``
-(PyTorch's ATen kernels); then the fast ones: ``cpu`` (bnlab's C++/OpenMP kernels, built on first use) and
-``triton`` (GPU kernels).
+Registered here, in the order a newcomer should read them: ``reference`` (the paper's math in float64) and
+``native`` (PyTorch's ATen kernels, torch ops for the rest: :mod:`.composed`); then the fast ones: ``cpu`` (bnlab's
+C++/OpenMP kernels, built on first use) and ``triton`` (GPU kernels).
 """
 
-from bnlab.kernels.base import Backend, TrainBackward, TrainForward, memory_format_of
+from bnlab.kernels.base import Backend, GradSums, Moments, TrainBackward, TrainForward, memory_format_of
 from bnlab.kernels.cpu import CpuBackend
 from bnlab.kernels.native import NativeBackend
 from bnlab.kernels.reference import ReferenceBackend
@@ -16,6 +16,7 @@ from bnlab.kernels.registry import (
     available_backends,
     backend_names,
     check_backend_name,
+    clear_cache,
     get_backend,
     register,
     resolve,
@@ -32,11 +33,14 @@ __all__ = [
     "ENV_VAR",
     "Backend",
     "BackendUnavailableError",
+    "GradSums",
+    "Moments",
     "TrainBackward",
     "TrainForward",
     "available_backends",
     "backend_names",
     "check_backend_name",
+    "clear_cache",
     "get_backend",
     "memory_format_of",
     "register",

@@ -1,10 +1,12 @@
 """Drop-in batch-norm modules (subclasses of torch's) that run on a bnlab backend, their fused
-BN+activation variants, their frozen form, and lazy forms that infer the number of features."""
+BN+activation variants, their frozen form, lazy forms that infer the number of features, and the per-layer
+statistics policy."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
 from bnlab.nn.lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d
+from bnlab.nn.policy import StatsPolicy, policy_override
 
 # Imported for its effect: torch's fusion, quantization and SyncBatchNorm tools learn bnlab's layers.
 from bnlab.nn import torch_integration  # noqa: F401  # isort: skip
@@ -23,4 +25,6 @@ __all__ = [
     "LazyBatchNorm1d",
     "LazyBatchNorm2d",
     "LazyBatchNorm3d",
+    "StatsPolicy",
+    "policy_override",
 ]

@@ -7,131 +7,126 @@ only ``forward`` (dispatch to a backend) and ``extra_repr`` (show the backend).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from bnlab import _stats
-from bnlab._checks import check_batch_norm_args, check_input_rank
-from bnlab.functional import _dispatch
-from bnlab.kernels import check_backend_name
-from bnlab.reference.algorithm1 import accumulation_dtype, reduction_dims, values_per_channel
+from bnlab._checks import check_act_args, check_batch_norm_args, check_input_rank, check_residual
+from bnlab._shapes import INPUT_RANKS
+from bnlab.functional import normalize_with_running_then_update, run
+from bnlab.kernels import registry
+from bnlab.kernels.base import Backend
+from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "assign_backend", "drop_bnlab_state",
+           "module_forward"]
 
 
-def _module_forward(module: Any, input: Tensor) -> Tensor:
-    """torch's ``_BatchNorm.forward``, step for step, with the counter and factor from :mod:`bnlab._stats`.
+def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -> Tensor:
+    """torch's ``_BatchNorm.forward``, step for step, for plain and fused layers alike.
 
-    One difference: the arguments are checked before the batch counter moves, so a call that raises leaves
-    the module exactly as it was (torch counts the batch first). The switches ``normalize_with`` and
-    ``update_stats`` (set by :func:`bnlab.tools.freeze`, None by default) override what the mode decides; see
-    :class:`_BackendMixin`.
+    One difference: everything that can fail (the arguments, the backend) is checked before the batch counter
+    moves, so a call that raises leaves the module exactly as it was (torch counts the batch first). The layer's
+    :class:`~bnlab.nn.policy.StatsPolicy` overrides what the mode decides.
     """
-    call = prepare_call(module, input)
-    if call.factor is not None and not call.use_batch_stats:
-        return _normalize_with_running_then_update(module, input, call.factor)
-    return _dispatch(input, call.running_mean, call.running_var, call.weight, call.bias, call.use_batch_stats,
-                     0.0 if call.factor is None else call.factor, module.eps, module.backend)
-
-
-class Call(NamedTuple):
-    """What one module call uses, from :func:`prepare_call`.
-
-    The buffers are None where the call must not use or update them; ``factor`` is the averaging factor of the
-    running-statistics update, or None when this call does not update them.
-    """
-
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    weight: Tensor | None
-    bias: Tensor | None
-    use_batch_stats: bool
-    factor: float | Tensor | None
-
-
-def prepare_call(module: Any, input: Tensor) -> Call:
-    """Check a module call and move its batch counter.
-
-    Each parameter and buffer is read once: a module attribute lookup goes through ``nn.Module.__getattr__``,
-    about half a microsecond each, a cost small layers notice.
-    """
-    check_input_rank(input, module._bnlab_ranks, type(module).__name__)
+    if input.dim() not in module._bnlab_ranks:
+        check_input_rank(input, module._bnlab_ranks, type(module).__name__)
+    # Each parameter and buffer read once: a module attribute lookup goes through nn.Module.__getattr__, about
+    # half a microsecond each, a cost small layers notice.
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
+    training = module.training
     # Batch statistics in training, and in eval when there are no running statistics to use.
-    use_batch_stats = module.training or (running_mean is None and running_var is None)
-    update = module.training and module.track_running_stats
-    if module.normalize_with is not None or module.update_stats is not None:
-        use_batch_stats, update = _switched(module, use_batch_stats, update)
+    use_batch_stats = training or (running_mean is None and running_var is None)
+    update = training and module.track_running_stats
+    policy = module.stats_policy
+    if policy is not FOLLOW_MODE:
+        use_batch_stats, update = policy.decide(use_batch_stats, update,
+                                                running_mean is not None and running_var is not None,
+                                                type(module).__name__)
     if use_batch_stats and not update:
         running_mean = running_var = None
     check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)
-    factor: float | Tensor | None = None
+    activation, slope, save = module.activation, module.negative_slope, module.save
+    if residual is not None or activation != "identity" or save != "input":
+        # The fused layer's attributes may have been changed since __init__ checked them.
+        check_act_args(activation, slope, save)
+        check_residual(input, residual)
+    chosen: Backend | Tensor
+    if torch.compiler.is_compiling():
+        # The backend as an id tensor, resolved when the graph runs: a name would be a guard per module.
+        chosen = module.backend_id
+    else:
+        chosen = registry.resolve_for(module._bnlab_backend, input, use_batch_stats,
+                                      residual is not None or activation != "identity")
+    factor: float | Tensor = 0.0
     if update:
         factor = 0.0 if module.momentum is None else module.momentum
         counter = module.num_batches_tracked
         if counter is not None:
             factor = _stats.advance(counter, module.momentum)
-    return Call(running_mean, running_var, weight, bias, use_batch_stats, factor)
-
-
-def _switched(module: Any, use_batch_stats: bool, update: bool) -> tuple[bool, bool]:
-    has_stats = module.running_mean is not None and module.running_var is not None
-    if module.normalize_with is not None:
-        use_batch_stats = module.normalize_with == "batch"
-        if not use_batch_stats and not has_stats:
-            raise RuntimeError(
-                f"{type(module).__name__} is set to normalize with running statistics but has none "
-                f"(track_running_stats=False); set normalize_with='batch' or build it with track_running_stats=True"
-            )
-    if module.update_stats is not None:
-        update = bool(module.update_stats) and has_stats
-    return use_batch_stats, update
-
-
-def _normalize_with_running_then_update(module: Any, input: Tensor, factor: float | Tensor) -> Tensor:
-    # The one combination torch's batch_norm has no flag for. The statistics normalize as they were before this
-    # batch (copies, because autograd keeps them for the backward pass), then take this batch's update.
-    y = _dispatch(input, module.running_mean.clone(), module.running_var.clone(), module.weight, module.bias,
-                  False, factor, module.eps, module.backend)
-    with torch.no_grad():
-        acc = input.detach().to(accumulation_dtype(input.dtype))
-        var, mean = torch.var_mean(acc, dim=reduction_dims(input), correction=0)  # μ_B and the biased σ²_B
-        _stats.update_running_stats(module.running_mean, module.running_var, mean, var,
-                                    values_per_channel(input), factor)
-    return y
+        if not use_batch_stats:
+            return normalize_with_running_then_update(chosen, input, running_mean, running_var, weight, bias,
+                                                      factor, module.eps, residual, activation, slope)
+    return run(chosen, input, running_mean, running_var, weight, bias, use_batch_stats, factor, module.eps,
+               residual, activation, slope, save)
 
 
 # A leaf for torch.fx: a traced graph calls this with the module itself, so .train()/.eval() on the traced
 # GraphModule still switches the mode, as it does for torch's own batch-norm modules.
-torch.fx.wrap("_module_forward")
+torch.fx.wrap("module_forward")
 
 
-class _BackendMixin:
-    """What bnlab adds to a torch batch-norm class: a backend name and a forward that uses it."""
+class BackendMixin:
+    """What bnlab adds to a torch batch-norm class: a backend name, a statistics policy and a forward that uses them.
+
+    The plain layers are the fused operation with the identity activation and no residual (``activation``,
+    ``negative_slope`` and ``save`` below); :class:`bnlab.nn.BatchNormAct2d` and its siblings set them.
+    """
 
     _bnlab_ranks: tuple[int, ...] = ()
-    backend: str
-    #: Where the statistics that normalize come from, whatever the mode: "batch", "running", or None (the default:
-    #: batch statistics in training, running statistics in eval, as in torch). Set by bnlab.tools.freeze.
-    normalize_with: str | None = None
-    #: Whether a forward updates the running statistics, whatever the mode: True, False, or None (the default:
-    #: in training, when track_running_stats). Set by bnlab.tools.freeze.
-    update_stats: bool | None = None
+    #: Where the statistics that normalize come from and whether a forward updates the running ones; the default
+    #: follows the mode as torch does. Set by bnlab.freeze.
+    stats_policy: StatsPolicy = FOLLOW_MODE
+    activation: str = "identity"
+    negative_slope: float = 0.01
+    save: str = "input"
+    #: The backend as a small integer tensor (bnlab.kernels.registry.name_id), on the CPU, outside the state_dict:
+    #: what a compiled graph reads instead of the name.
+    backend_id: Tensor
+    _bnlab_backend: str
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, bias: bool = True,
                  backend: str = "auto") -> None:
-        check_backend_name(backend)
+        registry.check_backend_name(backend)
         # Recent torch takes bias=False (γ without β); pass it only when asked, so older torch still works.
         extra = {} if bias else {"bias": False}
         super().__init__(num_features, eps, momentum, affine, track_running_stats,  # type: ignore[call-arg]
                          device, dtype, **extra)
         self.backend = backend
 
+    @property
+    def backend(self) -> str:
+        """``"auto"`` or the name of the backend this layer runs on."""
+        return self._bnlab_backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        assign_backend(self, name)
+
+    # Read-only views of the policy, under the names bnlab.freeze takes.
+    @property
+    def normalize_with(self) -> str | None:
+        return self.stats_policy.normalize_with
+
+    @property
+    def update_stats(self) -> bool | None:
+        return self.stats_policy.update_stats
+
     def forward(self, input: Tensor) -> Tensor:
-        return _module_forward(self, input)
+        return module_forward(self, input)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"  # type: ignore[misc]
@@ -143,29 +138,42 @@ class _BackendMixin:
                            f"deprecated and cannot run bnlab's backends); use torch.compile(model) instead")
 
 
-class BatchNorm1d(_BackendMixin, torch.nn.BatchNorm1d):
+def assign_backend(module: torch.nn.Module, name: str) -> None:
+    """Give ``module`` the backend ``name`` (checked) and its id, outside torch's parameter/buffer machinery."""
+    registry.check_backend_name(name)
+    module.__dict__["_bnlab_backend"] = name
+    module.__dict__["backend_id"] = torch.tensor(registry.name_id(name))
+
+
+def drop_bnlab_state(module: torch.nn.Module) -> None:
+    """Forget what a bnlab layer holds beyond torch's (backend, policy), once its class is torch's again."""
+    for name in ("_bnlab_backend", "backend_id", "stats_policy"):
+        module.__dict__.pop(name, None)
+
+
+class BatchNorm1d(BackendMixin, torch.nn.BatchNorm1d):
     """Batch norm over (N, C) or (N, C, L) input: statistics per feature C over N (and L).
 
     Same arguments and defaults as :class:`torch.nn.BatchNorm1d`, plus the keyword ``backend``: ``"auto"``
     or a name from :func:`bnlab.available_backends`.
     """
 
-    _bnlab_ranks = (2, 3)
+    _bnlab_ranks = INPUT_RANKS[1]
 
 
-class BatchNorm2d(_BackendMixin, torch.nn.BatchNorm2d):
+class BatchNorm2d(BackendMixin, torch.nn.BatchNorm2d):
     """Batch norm over (N, C, H, W) input: statistics per channel C over N, H and W.
 
     Same arguments and defaults as :class:`torch.nn.BatchNorm2d`, plus the keyword ``backend``.
     """
 
-    _bnlab_ranks = (4,)
+    _bnlab_ranks = INPUT_RANKS[2]
 
 
-class BatchNorm3d(_BackendMixin, torch.nn.BatchNorm3d):
+class BatchNorm3d(BackendMixin, torch.nn.BatchNorm3d):
     """Batch norm over (N, C, D, H, W) input: statistics per channel C over N, D, H and W.
 
     Same arguments and defaults as :class:`torch.nn.BatchNorm3d`, plus the keyword ``backend``.
     """
 
-    _bnlab_ranks = (5,)
+    _bnlab_ranks = INPUT_RANKS[3]

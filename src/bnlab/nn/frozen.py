@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from bnlab._checks import check_input_rank
-from bnlab.reference.algorithm1 import per_channel
+from bnlab._shapes import INPUT_RANKS, per_channel
 from bnlab.reference.algorithm2 import inference_affine
 
 __all__ = ["FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "FrozenBatchNormBase"]
@@ -107,16 +107,16 @@ class FrozenBatchNormBase(torch.nn.Module):
 class FrozenBatchNorm1d(FrozenBatchNormBase):
     """Frozen batch norm over (N, C) or (N, C, L) input; the frozen counterpart of ``BatchNorm1d``."""
 
-    _bnlab_ranks = (2, 3)
+    _bnlab_ranks = INPUT_RANKS[1]
 
 
 class FrozenBatchNorm2d(FrozenBatchNormBase):
     """Frozen batch norm over (N, C, H, W) input; the frozen counterpart of ``BatchNorm2d``."""
 
-    _bnlab_ranks = (4,)
+    _bnlab_ranks = INPUT_RANKS[2]
 
 
 class FrozenBatchNorm3d(FrozenBatchNormBase):
     """Frozen batch norm over (N, C, D, H, W) input; the frozen counterpart of ``BatchNorm3d``."""
 
-    _bnlab_ranks = (5,)
+    _bnlab_ranks = INPUT_RANKS[3]

@@ -24,6 +24,30 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+# Re-exported: these belong to the package (bnlab._shapes) but have long been importable from here.
+from bnlab._shapes import (
+    accumulation_dtype,
+    per_channel,
+    reduction_dims,
+    values_per_channel,
+    working_dtype,
+)
+from bnlab._stats import batch_moments, mean_var
+
+__all__ = [
+    "ForwardResult",
+    "Gradients",
+    "accumulation_dtype",
+    "backward_compact",
+    "backward_darknet",
+    "backward_paper",
+    "forward_train",
+    "per_channel",
+    "reduction_dims",
+    "values_per_channel",
+    "working_dtype",
+]
+
 
 class ForwardResult(NamedTuple):
     """What the training forward pass computes. Statistics have shape (C,) in the accumulation dtype."""
@@ -43,31 +67,6 @@ class Gradients(NamedTuple):
     dbeta: Tensor
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are accumulated in: float64 for float64, float32 for everything narrower."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def working_dtype(x: Tensor) -> torch.dtype:
-    """float64, the precision the reference computes in (float32 on devices without float64, such as MPS)."""
-    return torch.float32 if x.device.type == "mps" else torch.float64
-
-
-def reduction_dims(x: Tensor) -> tuple[int, ...]:
-    """Every dimension but the channel dimension 1: (0,) for (N, C), (0, 2, 3) for (N, C, H, W)."""
-    return (0, *range(2, x.dim()))
-
-
-def values_per_channel(x: Tensor) -> int:
-    """m, the number of values the mini-batch holds for each channel: N times the spatial size."""
-    return x.numel() // x.shape[1] if x.shape[1] else 0
-
-
-def per_channel(v: Tensor, x: Tensor) -> Tensor:
-    """View a per-channel vector (C,) as (1, C, 1, ..., 1) so that it broadcasts against x."""
-    return v.reshape(1, -1, *([1] * (x.dim() - 2)))
-
-
 def _affine(gamma: Tensor | None, beta: Tensor | None, channels: int, like: Tensor) -> tuple[Tensor, Tensor]:
     # Without an affine transform, γ = 1 and β = 0: the paper's identity-initialised parameters.
     g = like.new_ones(channels) if gamma is None else gamma.to(like.dtype)
@@ -85,10 +84,9 @@ def forward_train(x: Tensor, gamma: Tensor | None = None, beta: Tensor | None = 
         eps: ε, added to the variance for numerical stability.
     """
     xw = x.to(working_dtype(x))  # x in the working precision
-    dims = reduction_dims(x)
-    mean = xw.mean(dims, keepdim=True)  # μ_B = 1/m Σ x_i: (1, C, 1, 1)
-    # Two passes (subtract μ_B first), never E[x²] − E[x]²: that form cancels catastrophically.
-    var = (xw - mean).square().mean(dims, keepdim=True)  # σ²_B = 1/m Σ (x_i − μ_B)²
+    # μ_B = 1/m Σ x_i and σ²_B = 1/m Σ (x_i − μ_B)², in two passes (bnlab._stats.batch_moments: subtract μ_B
+    # first, never E[x²] − E[x]², which cancels catastrophically). Both (1, C, 1, 1).
+    mean, var = (per_channel(s, x) for s in mean_var(batch_moments(xw)))
     invstd = torch.rsqrt(var + eps)  # 1/√(σ²_B + ε)
     xhat = (xw - mean) * invstd  # x̂_i = (x_i − μ_B)/√(σ²_B + ε)
     g, b = _affine(gamma, beta, x.shape[1], xw)
@@ -110,8 +108,7 @@ def backward_paper(dy: Tensor, x: Tensor, gamma: Tensor | None = None, eps: floa
     acc_dtype, work = accumulation_dtype(x.dtype), working_dtype(x)
     xw, g_out = x.to(work), dy.to(work)
     dims, m = reduction_dims(x), values_per_channel(x)
-    mean = xw.mean(dims, keepdim=True)
-    var = (xw - mean).square().mean(dims, keepdim=True)
+    mean, var = (per_channel(s, x) for s in mean_var(batch_moments(xw)))  # μ_B and σ²_B, (1, C, 1, 1)
     xhat = (xw - mean) * torch.rsqrt(var + eps)
     g, _ = _affine(gamma, None, x.shape[1], xw)
     gamma_b = per_channel(g, x)
@@ -142,8 +139,7 @@ def backward_darknet(dy: Tensor, x: Tensor, gamma: Tensor | None = None, eps: fl
     acc_dtype, work = accumulation_dtype(x.dtype), working_dtype(x)
     xw, delta = x.to(work), dy.to(work)
     dims, spatial_batch = reduction_dims(x), values_per_channel(x)
-    mean = xw.mean(dims, keepdim=True)
-    variance = (xw - mean).square().mean(dims, keepdim=True)
+    mean, variance = (per_channel(s, x) for s in mean_var(batch_moments(xw)))  # mean_cpu, variance_cpu
     x_norm = (xw - mean) / torch.sqrt(variance + eps)
     scales, _ = _affine(gamma, None, x.shape[1], xw)
 

@@ -23,13 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from bnlab.reference.algorithm1 import (
-    accumulation_dtype,
-    per_channel,
-    reduction_dims,
-    values_per_channel,
-    working_dtype,
-)
+from bnlab._shapes import accumulation_dtype, per_channel, values_per_channel, working_dtype
+from bnlab._stats import batch_moments, mean_var
 
 
 class PopulationStatistics(NamedTuple):
@@ -53,10 +48,7 @@ def population_statistics(batches: Iterable[Tensor]) -> PopulationStatistics:
                 f"each batch needs at least 2 values per channel to estimate a variance, got a batch of shape "
                 f"{tuple(x.shape)}; drop it or merge it with another batch"
             )
-        acc = x.to(working_dtype(x))
-        dims = reduction_dims(x)
-        mu = acc.mean(dims)  # μ_B
-        sigma2 = (acc - per_channel(mu, x)).square().mean(dims)  # σ²_B, biased
+        mu, sigma2 = mean_var(batch_moments(x, dtype=working_dtype(x)))  # μ_B and σ²_B, biased
         mean_sum = m * mu if mean_sum is None else mean_sum + m * mu
         unbiased = m / (m - 1) * sigma2  # Bessel's correction, m/(m−1)
         var_sum = m * unbiased if var_sum is None else var_sum + m * unbiased

@@ -1,4 +1,5 @@
-"""Model-level tools over batch-norm modules: pure functions that return a new model or a report.
+"""Model-level tools over batch-norm modules: functions that return a new model or a report, except
+:func:`recalibrate`, which updates the given model's running statistics in place.
 
 - :func:`fold`: fold batch norm into the neighbouring conv/linear weights for inference (:func:`fold_with_report`
   says what was folded; :func:`fold_after` and :func:`fold_before` fold one pair by hand);

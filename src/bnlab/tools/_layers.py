@@ -9,20 +9,20 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 
+from bnlab._shapes import INPUT_RANKS
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
 
-#: torch's batch-norm classes and their subclasses (bnlab's layers, SyncBatchNorm, lazy and user subclasses).
-BatchNormModule = _BatchNorm
 #: Any layer the tools treat as batch norm: trainable or frozen.
 NormLayer = _BatchNorm | FrozenBatchNormBase
 
 #: The one table of layer families, one row per input rank: torch's class, bnlab's, the frozen one, and the
-#: ranks of input they take. Conversions (convert, freeze, to_frozen, from_frozen) all read it.
+#: ranks of input they take (bnlab._shapes.INPUT_RANKS). Conversions (convert, freeze, to_frozen, from_frozen)
+#: all read it.
 FAMILIES: tuple[tuple[type[_BatchNorm], type[_BatchNorm], type[FrozenBatchNormBase], tuple[int, ...]], ...] = (
-    (torch.nn.BatchNorm1d, BatchNorm1d, FrozenBatchNorm1d, (2, 3)),
-    (torch.nn.BatchNorm2d, BatchNorm2d, FrozenBatchNorm2d, (4,)),
-    (torch.nn.BatchNorm3d, BatchNorm3d, FrozenBatchNorm3d, (5,)),
+    (torch.nn.BatchNorm1d, BatchNorm1d, FrozenBatchNorm1d, INPUT_RANKS[1]),
+    (torch.nn.BatchNorm2d, BatchNorm2d, FrozenBatchNorm2d, INPUT_RANKS[2]),
+    (torch.nn.BatchNorm3d, BatchNorm3d, FrozenBatchNorm3d, INPUT_RANKS[3]),
 )
 TORCH_TO_BNLAB: dict[type[torch.nn.Module], type[_BatchNorm]] = {t: b for t, b, _, _ in FAMILIES}
 BNLAB_TO_TORCH: dict[type[torch.nn.Module], type[_BatchNorm]] = {b: t for t, b, _, _ in FAMILIES}

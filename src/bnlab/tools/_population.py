@@ -28,7 +28,8 @@ from collections import Counter
 import torch
 from torch import Tensor
 
-from bnlab.reference.algorithm1 import per_channel, reduction_dims, values_per_channel
+from bnlab._shapes import values_per_channel
+from bnlab._stats import batch_moments, mean_var
 
 ESTIMATORS = ("pooled", "paper")
 _SHOWN_CHANNELS = 4  # channels named in a NonFiniteBatchError; the rest are counted
@@ -106,10 +107,7 @@ class PopulationAccumulator:
                 f"{where} got a batch of shape {tuple(x.shape)}, which has 1 value per channel: a variance needs "
                 f"at least 2; use batches of 2 or more samples"
             )
-        acc = x.detach().to(torch.float64)
-        dims = reduction_dims(x)
-        mu = acc.mean(dims)  # μ_B
-        sigma2 = (acc - per_channel(mu, x)).square().mean(dims)  # σ²_B, biased
+        mu, sigma2 = mean_var(batch_moments(x.detach(), dtype=torch.float64))  # μ_B and σ²_B, biased
         if self.require_finite:
             check_finite_statistics(mu, sigma2, layer, batch)
         self._merge(m, mu, m * sigma2, m * (m / (m - 1)) * sigma2, torch.zeros_like(mu))

@@ -17,8 +17,8 @@ import copy
 import torch
 
 from bnlab.kernels import check_backend_name
-from bnlab.nn.batchnorm import _BackendMixin
-from bnlab.nn.batchnorm_act import _ActMixin
+from bnlab.nn.batchnorm import BackendMixin, drop_bnlab_state
+from bnlab.nn.batchnorm_act import ActMixin
 from bnlab.nn.frozen import FrozenBatchNormBase
 from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, replace_modules
 from bnlab.tools.freeze import from_frozen, to_frozen
@@ -56,7 +56,7 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     if to == "frozen":
-        fused = [name for name, m in model.named_modules() if isinstance(m, _ActMixin)]
+        fused = [name for name, m in model.named_modules() if isinstance(m, ActMixin)]
         if fused:
             raise ValueError(
                 f"{fused[0] or 'the model'} is a fused batch norm + activation layer, which a FrozenBatchNorm "
@@ -74,10 +74,9 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             # Changing the class keeps every parameter, buffer, hook and attribute object as it was.
             module.__class__ = target
         if to == "torch" and target is not None:
-            # torch's layers have no backend and no freeze switches (bnlab.tools.freeze): those are dropped.
-            for attribute in ("backend", "normalize_with", "update_stats"):
-                module.__dict__.pop(attribute, None)
-        elif to == "bnlab" and isinstance(module, _BackendMixin) and (backend is not None or target is not None):
+            # torch's layers have no backend and no statistics policy (bnlab.freeze): those are dropped.
+            drop_bnlab_state(module)
+        elif to == "bnlab" and isinstance(module, BackendMixin) and (backend is not None or target is not None):
             # Every bnlab layer has a backend, the fused BatchNormAct layers included.
             setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
     return root

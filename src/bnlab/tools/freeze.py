@@ -8,9 +8,10 @@ norm held still. The three switches, for the whole model or for layers picked by
 - ``train_affine``: whether γ and β get gradients (``requires_grad``).
 
 Each switch left at None keeps the layer's own behaviour (the first two then follow ``.train()``/``.eval()`` as
-in torch). The switches survive ``.train()`` and ``.eval()`` and ``copy.deepcopy``; they are not part of the
-state_dict. torch's ``BatchNorm1d/2d/3d`` layers are turned into bnlab's (same state_dict, same outputs) because
-the switches live in bnlab's forward.
+in torch). The first two are the layer's declared :class:`~bnlab.nn.policy.StatsPolicy` (``layer.stats_policy``),
+which survives ``.train()`` and ``.eval()`` and ``copy.deepcopy`` and is not part of the state_dict. torch's
+``BatchNorm1d/2d/3d`` layers are turned into bnlab's (same state_dict, same outputs) because the policy lives in
+bnlab's forward.
 
 :func:`to_frozen` and :func:`from_frozen` turn a layer into a :class:`~bnlab.nn.FrozenBatchNorm2d` (and 1d/3d)
 and back, keeping every value; :func:`bnlab.convert` with ``to="frozen"`` applies them to a whole model.
@@ -27,12 +28,12 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.nn.frozen import FrozenBatchNormBase
+from bnlab.nn.policy import NORMALIZE_WITH, StatsPolicy
 from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, TRAINABLE_OF, select_layers
 
 __all__ = ["freeze", "from_frozen", "to_frozen"]
 
 _BNLAB = tuple(BNLAB_TO_TORCH)
-_NORMALIZE_WITH = ("batch", "running", None)
 
 
 def freeze(model: nn.Module, layers: str | Sequence[str] | None = None, *, normalize_with: str | None = "running",
@@ -54,13 +55,14 @@ def freeze(model: nn.Module, layers: str | Sequence[str] | None = None, *, norma
     ``freeze(model, normalize_with=None, update_stats=None, train_affine=True)`` undoes it. To remove batch
     norm's training machinery altogether, use ``bnlab.convert(model, to="frozen")``.
     """
-    if normalize_with not in _NORMALIZE_WITH:
+    if normalize_with not in NORMALIZE_WITH:
         raise ValueError(f"normalize_with must be 'batch', 'running' or None, got {normalize_with!r}")
     for name, value in (("update_stats", update_stats), ("train_affine", train_affine)):
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"{name} must be True, False or None, got {value!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze expects a torch.nn.Module, got {type(model).__name__}")
+    policy = StatsPolicy(normalize_with, update_stats)
     root = model if inplace else copy.deepcopy(model)
     chosen = select_layers(root, layers)
     switching = normalize_with is not None or update_stats is not None
@@ -77,8 +79,7 @@ def freeze(model: nn.Module, layers: str | Sequence[str] | None = None, *, norma
             module.__class__ = TORCH_TO_BNLAB[type(module)]
             setattr(module, "backend", "auto")  # noqa: B010 (mypy types Module attributes as tensors)
         if isinstance(module, _BNLAB):
-            setattr(module, "normalize_with", normalize_with)  # noqa: B010 (as above)
-            setattr(module, "update_stats", update_stats)  # noqa: B010
+            setattr(module, "stats_policy", policy)  # noqa: B010 (as above)
         if train_affine is not None:
             for p in (module.weight, module.bias):
                 if p is not None:

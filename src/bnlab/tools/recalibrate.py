@@ -25,7 +25,8 @@ statistics are for the network as it runs at inference. When ``torch.distributed
 combined, so every process ends with the statistics of all processes' batches.
 
 This is the one tool that changes the caller's model, in place: its running statistics (and batch counts).
-Modes, momenta and freeze switches are restored in a ``finally`` block, and on error the statistics are too.
+Modes and momenta are restored in a ``finally`` block, and on error the statistics are too; a statistics policy
+set by :func:`bnlab.freeze` is lifted for the duration (:func:`bnlab.nn.policy.policy_override`) and then restored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnlab.nn.batchnorm import BackendMixin
+from bnlab.nn.policy import FOLLOW_MODE, policy_override
 from bnlab.tools._batches import Forward, default_forward, take
 from bnlab.tools._layers import batch_norm_layers, has_running_stats, is_uninitialized, running_stats
 from bnlab.tools._population import PopulationAccumulator, check_finite_statistics
@@ -93,29 +96,31 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
     accumulators = {name: PopulationAccumulator(require_finite=True) for name, _ in layers}
     saved = _Saved(model, layers)
     counter = _Counter()
-    ok = False
-    try:
-        _prepare(model, layers, mode)
-        handles = [m.register_forward_pre_hook(counter.recorder(accumulators[name], name, mode))
-                   for name, m in layers]
-        if mode == "cumulative":
-            handles += [m.register_forward_hook(counter.checker(name, m)) for name, m in layers]
+    # A statistics policy (bnlab.freeze) would stop a layer from using or updating batch statistics.
+    with policy_override([m for _, m in layers if isinstance(m, BackendMixin)], FOLLOW_MODE):
+        ok = False
         try:
-            with torch.no_grad():
-                for batch in iterator:
-                    counter.first_size = None
-                    run(model, batch)
-                    counter.batches += 1
-                    counter.samples += counter.first_size or 0
+            _prepare(model, layers, mode)
+            handles = [m.register_forward_pre_hook(counter.recorder(accumulators[name], name, mode))
+                       for name, m in layers]
+            if mode == "cumulative":
+                handles += [m.register_forward_hook(counter.checker(name, m)) for name, m in layers]
+            try:
+                with torch.no_grad():
+                    for batch in iterator:
+                        counter.first_size = None
+                        run(model, batch)
+                        counter.batches += 1
+                        counter.samples += counter.first_size or 0
+            finally:
+                for h in handles:
+                    h.remove()
+            totals = _gather(layers, accumulators, mode, [counter.batches, counter.samples])
+            report = _write(layers, accumulators, saved, mode, totals)
+            ok = True
+            return report
         finally:
-            for h in handles:
-                h.remove()
-        totals = _gather(layers, accumulators, mode, [counter.batches, counter.samples])
-        report = _write(layers, accumulators, saved, mode, totals)
-        ok = True
-        return report
-    finally:
-        saved.restore(statistics=not ok)
+            saved.restore(statistics=not ok)
 
 
 class _Counter:
@@ -161,7 +166,6 @@ class _Saved:
         self.modes = [(m, m.training) for m in model.modules()]
         self.layers = layers
         self.momenta = [m.momentum for _, m in layers]
-        self.switches = [(m.__dict__.get("normalize_with"), m.__dict__.get("update_stats")) for _, m in layers]
         self.stats: list[tuple[Tensor, Tensor, Tensor | None]] = [
             (running_stats(m)[0].clone(), running_stats(m)[1].clone(),
              None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
@@ -180,14 +184,8 @@ class _Saved:
     def restore(self, statistics: bool) -> None:
         for module, training in self.modes:
             module.training = training
-        for (_, module), momentum, (normalize_with, update_stats) in zip(
-                self.layers, self.momenta, self.switches, strict=True):
+        for (_, module), momentum in zip(self.layers, self.momenta, strict=True):
             module.momentum = momentum
-            for attribute, value in (("normalize_with", normalize_with), ("update_stats", update_stats)):
-                if value is None:
-                    module.__dict__.pop(attribute, None)
-                else:
-                    setattr(module, attribute, value)
         if statistics:
             for index in range(len(self.layers)):
                 self.restore_layer_stats(index)
@@ -198,9 +196,6 @@ def _prepare(model: nn.Module, layers: Layers, mode: str) -> None:
         module.training = False
     for _, module in layers:
         module.training = True
-        # Freeze switches (bnlab.tools.freeze) would stop the layer from using or updating batch statistics.
-        module.__dict__.pop("normalize_with", None)
-        module.__dict__.pop("update_stats", None)
         if mode == "cumulative":
             module.momentum = None
             module.reset_running_stats()

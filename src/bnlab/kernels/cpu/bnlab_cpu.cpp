@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <algorithm>
 #include <vector>
@@ -363,39 +364,53 @@ void finish_stats(const Moments& mo, double eps, A* mean_out, A* invstd_out, A* 
 }
 
 // ------------------------------------------------------------------------------------------ elementwise
-// y = act(x·scale + shift (+ r)) over a contiguous run sharing one channel.
+// y = act(x·scale + shift (+ r)) over a contiguous run sharing one channel. Returns the smallest output for ELU
+// (save="output" must know whether an output came near ELU's saturation at −1), +inf for the other activations.
 template <class T, int ACT, bool RES, class A>
-inline void affine_act_run(const T* x, const T* r, T* y, int64_t len, A scale, A shift, A slope) {
+inline A affine_act_run(const T* x, const T* r, T* y, int64_t len, A scale, A shift, A slope) {
+  A lo = std::numeric_limits<A>::infinity();
   for (int64_t i = 0; i < len; ++i) {
     A z = load(x[i]) * scale + shift;
     if (RES) z += load(r[i]);
-    y[i] = store<T>(activate<ACT>(z, slope));
+    const A out = activate<ACT>(z, slope);
+    if (ACT == ELU) lo = out < lo ? out : lo;
+    y[i] = store<T>(out);
   }
+  return lo;
 }
 
 // Rows [r0, r1) of a channels-last tensor: y = act(x·scale[c] + shift[c] (+ r)), row after row. (Walking down
 // the rows W channels at a time would keep scale and shift in registers, but page-aligned x and y then alias
-// in the store buffer every 4 KiB, which costs more than reloading the constants from L1.)
+// in the store buffer every 4 KiB, which costs more than reloading the constants from L1.) Returns the smallest
+// output for ELU, +inf otherwise, as affine_act_run.
 template <class T, int ACT, bool RES, class A>
-void affine_act_rows(const T* x, const T* res, T* y, int64_t C, int64_t r0, int64_t r1, const A* scale,
-                     const A* shift, A slope) {
+A affine_act_rows(const T* x, const T* res, T* y, int64_t C, int64_t r0, int64_t r1, const A* scale,
+                  const A* shift, A slope) {
   using V = typename Vec<A>::V;
   constexpr int W = Vec<A>::W;
   const int64_t Cv = C / W * W;
+  A lo = std::numeric_limits<A>::infinity();
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
     for (int64_t c = 0; c < Cv; c += W) {
       V z = vload<T, A>(xr + c) * vconst(scale + c) + vconst(shift + c);
       if (RES) z += vload<T, A>(res + r * C + c);
-      vstore<T, A>(yr + c, vactivate<ACT>(z, slope));
+      const V out = vactivate<ACT>(z, slope);
+      if constexpr (ACT == ELU) {
+        for (int l = 0; l < W; ++l) lo = out[l] < lo ? out[l] : lo;
+      }
+      vstore<T, A>(yr + c, out);
     }
     for (int64_t c = Cv; c < C; ++c) {
       A z = load(xr[c]) * scale[c] + shift[c];
       if (RES) z += load(res[r * C + c]);
-      yr[c] = store<T>(activate<ACT>(z, slope));
+      const A out = activate<ACT>(z, slope);
+      if (ACT == ELU) lo = out < lo ? out : lo;
+      yr[c] = store<T>(out);
     }
   }
+  return lo;
 }
 
 template <class A> inline A param(const A* p, int64_t c, A fallback) { return p ? p[c] : fallback; }
@@ -405,12 +420,19 @@ template <class T, int ACT, bool RES>
 void forward_train(const T* x, const T* res, T* y, const typename Acc<T>::type* w, const typename Acc<T>::type* b,
                    int64_t N, int64_t C, int64_t S, int layout, double eps, double slope_d,
                    typename Acc<T>::type* mean_out, typename Acc<T>::type* invstd_out,
-                   typename Acc<T>::type* var_out, int nt) {
+                   typename Acc<T>::type* var_out, int nt, double* check_out) {
   using A = typename Acc<T>::type;
   const A slope = A(slope_d);
+  double lo = std::numeric_limits<double>::infinity();
+  if (check_out) {
+    // What save="output" needs to know: channels whose γ is 0 (their output does not depend on x)...
+    double zero_gamma = 0;
+    for (int64_t c = 0; w && c < C; ++c) zero_gamma += w[c] == A(0) ? 1.0 : 0.0;
+    check_out[1] = zero_gamma;
+  }
   if (layout == 0) {
     // One channel at a time: statistics, then the normalizing pass while the channel is still in cache.
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : lo)
     for (int64_t c = 0; c < C; ++c) {
       Moments mo = channel_moments_ncs(x, N, C, S, c);
       finish_stats<T, A>(mo, eps, mean_out, invstd_out, var_out, c);
@@ -418,9 +440,12 @@ void forward_train(const T* x, const T* res, T* y, const typename Acc<T>::type* 
       A shift = param(b, c, A(0)) - mean_out[c] * scale;
       for (int64_t n = 0; n < N; ++n) {
         int64_t off = (n * C + c) * S;
-        affine_act_run<T, ACT, RES, A>(x + off, RES ? res + off : nullptr, y + off, S, scale, shift, slope);
+        const double run = affine_act_run<T, ACT, RES, A>(x + off, RES ? res + off : nullptr, y + off, S, scale,
+                                                          shift, slope);
+        lo = run < lo ? run : lo;
       }
     }
+    if (check_out) check_out[0] = lo;  // ... and the smallest ELU output (+inf for the other activations)
     return;
   }
   const int64_t R = N * S;
@@ -445,23 +470,18 @@ void forward_train(const T* x, const T* res, T* y, const typename Acc<T>::type* 
         shift[c] = param(b, c, A(0)) - mean_out[c] * scale[c];
       }
     }
-    affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
+    const double rows = affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
+#pragma omp critical
+    lo = rows < lo ? rows : lo;
   }
+  if (check_out) check_out[0] = lo;
 }
 
-// ------------------------------------------------------------------------------------------ forward, eval
-template <class T, int ACT, bool RES>
-void forward_eval(const T* x, const T* res, T* y, const typename Acc<T>::type* rm, const typename Acc<T>::type* rv,
-                  const typename Acc<T>::type* w, const typename Acc<T>::type* b, int64_t N, int64_t C, int64_t S,
-                  int layout, double eps, double slope_d, int nt) {
-  using A = typename Acc<T>::type;
-  const A slope = A(slope_d);
-  std::vector<A> scale(C), shift(C);
-  for (int64_t c = 0; c < C; ++c) {
-    A invstd = A(1.0 / std::sqrt(double(rv[c]) + eps));
-    scale[c] = param(w, c, A(1)) * invstd;
-    shift[c] = param(b, c, A(0)) - rm[c] * scale[c];
-  }
+// ------------------------------------------------------------------------------------------ elementwise, whole tensor
+// y = act(x·scale[c] + shift[c] (+ r)) over the whole tensor: the inference pass and the elemt phase.
+template <class T, int ACT, bool RES, class A>
+void affine_act(const T* x, const T* res, T* y, const A* scale, const A* shift, int64_t N, int64_t C, int64_t S,
+                int layout, A slope, int nt) {
   if (layout == 0) {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -475,8 +495,113 @@ void forward_eval(const T* x, const T* res, T* y, const typename Acc<T>::type* r
   {
     int64_t r0, r1;
     split(R, omp_get_num_threads(), omp_get_thread_num(), r0, r1);
-    affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
+    affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale, shift, slope);
   }
+}
+
+// ------------------------------------------------------------------------------------------ forward, eval
+template <class T, int ACT, bool RES>
+void forward_eval(const T* x, const T* res, T* y, const typename Acc<T>::type* rm, const typename Acc<T>::type* rv,
+                  const typename Acc<T>::type* w, const typename Acc<T>::type* b, int64_t N, int64_t C, int64_t S,
+                  int layout, double eps, double slope_d, int nt) {
+  using A = typename Acc<T>::type;
+  std::vector<A> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    A invstd = A(1.0 / std::sqrt(double(rv[c]) + eps));
+    scale[c] = param(w, c, A(1)) * invstd;
+    shift[c] = param(b, c, A(0)) - rm[c] * scale[c];
+  }
+  affine_act<T, ACT, RES, A>(x, res, y, scale.data(), shift.data(), N, C, S, layout, A(slope_d), nt);
+}
+
+// The elemt phase: y = act(γ·(x − μ)·invstd + β (+ r)) with given per-channel μ and invstd.
+template <class T, int ACT, bool RES>
+void elemt(const T* x, const T* res, T* y, const typename Acc<T>::type* mean, const typename Acc<T>::type* invstd,
+           const typename Acc<T>::type* w, const typename Acc<T>::type* b, int64_t N, int64_t C, int64_t S,
+           int layout, double slope_d, int nt) {
+  using A = typename Acc<T>::type;
+  std::vector<A> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = param(w, c, A(1)) * invstd[c];
+    shift[c] = param(b, c, A(0)) - mean[c] * scale[c];
+  }
+  affine_act<T, ACT, RES, A>(x, res, y, scale.data(), shift.data(), N, C, S, layout, A(slope_d), nt);
+}
+
+// ------------------------------------------------------------------------------------------ statistics phase
+// (count, mean, M2) per channel into (C,) outputs of the accumulation type. mask (may be null): N·S bytes, one per
+// (n, s), nonzero where the value counts. Unmasked: the single-read moments of the training forward. Masked: two
+// passes in float64 (the sum and count, then the squared deviations), a path for padded batches, not a fast one.
+template <class T>
+void stats(const T* x, const uint8_t* mask, int64_t N, int64_t C, int64_t S, int layout,
+           typename Acc<T>::type* count_out, typename Acc<T>::type* mean_out, typename Acc<T>::type* m2_out, int nt) {
+  using A = typename Acc<T>::type;
+  auto emit = [&](int64_t c, double n, double mean, double m2) {
+    count_out[c] = A(n);
+    mean_out[c] = A(n > 0 ? mean : 0.0);
+    m2_out[c] = A(n > 0 ? m2 : 0.0);
+  };
+  if (mask == nullptr && layout == 0) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      const Moments mo = channel_moments_ncs(x, N, C, S, c);
+      emit(c, mo.count, mo.mean, mo.m2);
+    }
+    return;
+  }
+  if (mask == nullptr) {
+    const int64_t R = N * S;
+    std::vector<double> cnt(nt, 0.0), mean(size_t(nt) * C, 0.0), m2(size_t(nt) * C, 0.0);
+#pragma omp parallel num_threads(nt)
+    {
+      int t = omp_get_thread_num();
+      int64_t r0, r1;
+      split(R, omp_get_num_threads(), t, r0, r1);
+      rows_moments_cl(x, C, r0, r1, &cnt[t], &mean[size_t(t) * C], &m2[size_t(t) * C]);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      Moments mo;  // threads merged in thread order: the same rounding every run
+      for (int u = 0; u < nt; ++u) mo.merge(cnt[u], mean[size_t(u) * C + c], m2[size_t(u) * C + c]);
+      emit(c, mo.count, mo.mean, mo.m2);
+    }
+    return;
+  }
+  double n = 0;
+  for (int64_t i = 0; i < N * S; ++i) n += mask[i] ? 1.0 : 0.0;
+  std::vector<double> sum(C, 0.0), sq(C, 0.0);
+  if (layout == 0) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double s1 = 0, s2 = 0;
+      for (int64_t k = 0; k < N * S; ++k)
+        if (mask[k]) s1 += double(load(x[((k / S) * C + c) * S + k % S]));
+      const double mu = n > 0 ? s1 / n : 0.0;
+      s1 = 0;
+      for (int64_t k = 0; k < N * S; ++k)
+        if (mask[k]) {
+          const double d = double(load(x[((k / S) * C + c) * S + k % S])) - mu;
+          s1 += d;
+          s2 += d * d;
+        }
+      // The deviations' sum corrects μ's rounding, as in channel_moments_ncs.
+      emit(c, n, mu + (n > 0 ? s1 / n : 0.0), s2 - (n > 0 ? s1 * s1 / n : 0.0));
+    }
+    return;
+  }
+  for (int64_t r = 0; r < N * S; ++r)
+    if (mask[r])
+      for (int64_t c = 0; c < C; ++c) sum[c] += double(load(x[r * C + c]));
+  for (int64_t c = 0; c < C; ++c) sum[c] = n > 0 ? sum[c] / n : 0.0;  // now μ
+  std::vector<double> dev(C, 0.0);
+  for (int64_t r = 0; r < N * S; ++r)
+    if (mask[r])
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = double(load(x[r * C + c])) - sum[c];
+        dev[c] += d;
+        sq[c] += d * d;
+      }
+  for (int64_t c = 0; c < C; ++c)
+    emit(c, n, sum[c] + (n > 0 ? dev[c] / n : 0.0), sq[c] - (n > 0 ? dev[c] * dev[c] / n : 0.0));
 }
 
 // ------------------------------------------------------------------------------------------ backward
@@ -533,11 +658,17 @@ inline void grad_run_sums(const T* g, const T* s, const T* r, int64_t len, A mea
   }
 }
 
+// The backward pass, or one of its two phases. phases: REDUCE writes Σdz into db and Σdz·x̂ into dw; ELEMT writes
+// dx (and dres) from the sums found in db and dw, divided by count (the values they were summed over, which may be
+// more than this tensor's N·S: synchronized batch norm); both together are the one-pass backward, which keeps each
+// NCS channel in cache between the two.
+constexpr int REDUCE = 1, ELEMT = 2;
+
 template <class T, int ACT, bool RES, bool FO>
 void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::type* w,
               const typename Acc<T>::type* b, const typename Acc<T>::type* mean, const typename Acc<T>::type* invstd,
               int64_t N, int64_t C, int64_t S, int layout, double slope_d, T* dx, T* dres,
-              typename Acc<T>::type* dw, typename Acc<T>::type* db, int nt) {
+              typename Acc<T>::type* dw, typename Acc<T>::type* db, int nt, int phases, double count) {
   using A = typename Acc<T>::type;
   using V = typename Vec<A>::V;
   constexpr int W = Vec<A>::W;
@@ -545,13 +676,17 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
   const BwdConstants<A> k(mean, invstd, w, b, C);
   const A *km = k.mean.data(), *ki = k.invstd.data(), *kg = k.gamma.data(), *kb = k.beta.data(),
           *kig = k.inv_gamma.data();
-  const double m = double(N * S);
+  const double m = count;
   if (layout == 0) {
     const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t c = 0; c < C; ++c) {
       double sdz = 0, sdzx = 0;
-      for (int64_t n0 = 0; n0 < N; n0 += runs_per_group) {
+      if (!(phases & REDUCE)) {
+        sdz = double(db[c]);
+        sdzx = double(dw[c]);
+      }
+      for (int64_t n0 = 0; (phases & REDUCE) && n0 < N; n0 += runs_per_group) {
         const int64_t n1 = n0 + runs_per_group < N ? n0 + runs_per_group : N;
         for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
           const int64_t len = S - s0 < CHUNK ? S - s0 : CHUNK;
@@ -566,8 +701,11 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
           sdzx += double(vsum<A>(v2) + t2);
         }
       }
-      db[c] = A(sdz);
-      dw[c] = A(sdzx);
+      if (phases & REDUCE) {
+        db[c] = A(sdz);
+        dw[c] = A(sdzx);
+      }
+      if (!(phases & ELEMT)) continue;
       // The dx pass reads the channel again, from L2 when it fits there.
       const A scale = kg[c] * ki[c], a1 = A(sdz / m), a2 = A(sdzx / m);
       for (int64_t n = 0; n < N; ++n) {
@@ -609,7 +747,7 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
     double *p1 = &part1[size_t(t) * C], *p2 = &part2[size_t(t) * C];
     std::vector<A> b1(C), b2(C);
     A *s1 = b1.data(), *s2 = b2.data();
-    for (int64_t q0 = r0; q0 < r1; q0 += BLOCK_ROWS) {
+    for (int64_t q0 = r0; (phases & REDUCE) && q0 < r1; q0 += BLOCK_ROWS) {
       const int64_t q1 = q0 + BLOCK_ROWS < r1 ? q0 + BLOCK_ROWS : r1;
       std::fill(b1.begin(), b1.end(), A(0));
       std::fill(b2.begin(), b2.end(), A(0));
@@ -643,19 +781,24 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
       // Thread partial sums merged in thread order: the same rounding every run.
       for (int64_t c = 0; c < C; ++c) {
         double t1 = 0, t2 = 0;
-        for (int u = 0; u < team; ++u) {
-          t1 += part1[size_t(u) * C + c];
-          t2 += part2[size_t(u) * C + c];
+        if (phases & REDUCE) {
+          for (int u = 0; u < team; ++u) {
+            t1 += part1[size_t(u) * C + c];
+            t2 += part2[size_t(u) * C + c];
+          }
+          db[c] = A(t1);
+          dw[c] = A(t2);
+        } else {
+          t1 = double(db[c]);
+          t2 = double(dw[c]);
         }
-        db[c] = A(t1);
-        dw[c] = A(t2);
         a1[c] = A(t1 / m);
         a2[c] = A(t2 / m);
         scale[c] = kg[c] * ki[c];
       }
     }
     const A *pa1 = a1.data(), *pa2 = a2.data(), *psc = scale.data();
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r = r0; (phases & ELEMT) && r < r1; ++r) {
       const int64_t o = r * C;
       for (int64_t c = 0; c < Cv; c += W) {
         V dz, xh;
@@ -705,10 +848,11 @@ int dispatch3(int dtype, int act, bool res, Args... args) {
 template <class T, int ACT, bool RES> struct TrainCall {
   using A = typename Acc<T>::type;
   static void run(const void* x, const void* res, void* y, const void* w, const void* b, int64_t N, int64_t C,
-                  int64_t S, int layout, double eps, double slope, void* mean, void* invstd, void* var, int nt) {
+                  int64_t S, int layout, double eps, double slope, void* mean, void* invstd, void* var, int nt,
+                  double* check) {
     forward_train<T, ACT, RES>(static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(y),
                                static_cast<const A*>(w), static_cast<const A*>(b), N, C, S, layout, eps, slope,
-                               static_cast<A*>(mean), static_cast<A*>(invstd), static_cast<A*>(var), nt);
+                               static_cast<A*>(mean), static_cast<A*>(invstd), static_cast<A*>(var), nt, check);
   }
 };
 
@@ -726,13 +870,13 @@ template <class T, int ACT, bool RES> struct BackwardCall {
   using A = typename Acc<T>::type;
   static void run(const void* dy, const void* src, const void* res, const void* w, const void* b, const void* mean,
                   const void* invstd, int64_t N, int64_t C, int64_t S, int layout, double slope, int from_output,
-                  void* dx, void* dres, void* dw, void* db, int nt) {
+                  void* dx, void* dres, void* dw, void* db, int nt, int phases, double count) {
     auto go = [&](auto fo) {
       backward<T, ACT, RES, decltype(fo)::value>(
           static_cast<const T*>(dy), static_cast<const T*>(src), static_cast<const T*>(res),
           static_cast<const A*>(w), static_cast<const A*>(b), static_cast<const A*>(mean),
           static_cast<const A*>(invstd), N, C, S, layout, slope, static_cast<T*>(dx), static_cast<T*>(dres),
-          static_cast<A*>(dw), static_cast<A*>(db), nt);
+          static_cast<A*>(dw), static_cast<A*>(db), nt, phases, count);
     };
     constexpr bool invertible = ACT == IDENTITY || ACT == LEAKY_RELU || ACT == ELU;
     if constexpr (invertible) {
@@ -744,6 +888,24 @@ template <class T, int ACT, bool RES> struct BackwardCall {
     go(std::false_type{});
   }
 };
+
+template <class T, int ACT, bool RES> struct ElemtCall {
+  using A = typename Acc<T>::type;
+  static void run(const void* x, const void* res, void* y, const void* mean, const void* invstd, const void* w,
+                  const void* b, int64_t N, int64_t C, int64_t S, int layout, double slope, int nt) {
+    elemt<T, ACT, RES>(static_cast<const T*>(x), static_cast<const T*>(res), static_cast<T*>(y),
+                       static_cast<const A*>(mean), static_cast<const A*>(invstd), static_cast<const A*>(w),
+                       static_cast<const A*>(b), N, C, S, layout, slope, nt);
+  }
+};
+
+template <class T> int stats_call(const void* x, const void* mask, int64_t N, int64_t C, int64_t S, int layout,
+                                  void* count, void* mean, void* m2, int nt) {
+  using A = typename Acc<T>::type;
+  stats<T>(static_cast<const T*>(x), static_cast<const uint8_t*>(mask), N, C, S, layout, static_cast<A*>(count),
+           static_cast<A*>(mean), static_cast<A*>(m2), nt);
+  return 0;
+}
 
 }  // namespace
 
@@ -761,7 +923,17 @@ int bnlab_forward_train(int dtype, const void* x, const void* res, void* y, cons
                         int64_t C, int64_t S, int layout, double eps, int act, double slope, void* mean,
                         void* invstd, void* var, int nt) {
   return dispatch3<TrainCall>(dtype, act, res != nullptr, x, res, y, w, b, N, C, S, layout, eps, slope, mean,
-                              invstd, var, nt);
+                              invstd, var, nt, static_cast<double*>(nullptr));
+}
+
+// bnlab_forward_train, also writing check[0] = the smallest output (ELU only; +inf for the other activations) and
+// check[1] = the number of channels with γ = 0: from these save="output" decides whether y determines the input,
+// without reading y again.
+int bnlab_forward_train_checked(int dtype, const void* x, const void* res, void* y, const void* w, const void* b,
+                                int64_t N, int64_t C, int64_t S, int layout, double eps, int act, double slope,
+                                void* mean, void* invstd, void* var, int nt, double* check) {
+  return dispatch3<TrainCall>(dtype, act, res != nullptr, x, res, y, w, b, N, C, S, layout, eps, slope, mean,
+                              invstd, var, nt, check);
 }
 
 int bnlab_forward_eval(int dtype, const void* x, const void* res, void* y, const void* rm, const void* rv,
@@ -775,7 +947,48 @@ int bnlab_backward(int dtype, const void* dy, const void* src, const void* res, 
                    double slope, int from_output, void* dx, void* dres, void* dw, void* db, int nt) {
   if (from_output && !(act == IDENTITY || act == LEAKY_RELU || act == ELU)) return 3;
   return dispatch3<BackwardCall>(dtype, act, res != nullptr, dy, src, res, w, b, mean, invstd, N, C, S, layout,
-                                 slope, from_output, dx, dres, dw, db, nt);
+                                 slope, from_output, dx, dres, dw, db, nt, REDUCE | ELEMT, double(N * S));
+}
+
+// ----------------------------------------------------------------------------------- the phases, one by one
+// mask: null, or N·S bytes (nonzero: the value counts). count, mean, m2: (C,) outputs.
+int bnlab_stats(int dtype, const void* x, const void* mask, int64_t N, int64_t C, int64_t S, int layout, void* count,
+                void* mean, void* m2, int nt) {
+  switch (dtype) {
+    case 0: return stats_call<float>(x, mask, N, C, S, layout, count, mean, m2, nt);
+    case 1: return stats_call<double>(x, mask, N, C, S, layout, count, mean, m2, nt);
+    case 2: return stats_call<bf16>(x, mask, N, C, S, layout, count, mean, m2, nt);
+    case 3: return stats_call<_Float16>(x, mask, N, C, S, layout, count, mean, m2, nt);
+    default: return 1;
+  }
+}
+
+int bnlab_elemt(int dtype, const void* x, const void* res, void* y, const void* mean, const void* invstd,
+                const void* w, const void* b, int64_t N, int64_t C, int64_t S, int layout, int act, double slope,
+                int nt) {
+  return dispatch3<ElemtCall>(dtype, act, res != nullptr, x, res, y, mean, invstd, w, b, N, C, S, layout, slope, nt);
+}
+
+// sum_dz, sum_dz_xhat: (C,) outputs.
+int bnlab_backward_reduce(int dtype, const void* dy, const void* src, const void* res, const void* w, const void* b,
+                          const void* mean, const void* invstd, int64_t N, int64_t C, int64_t S, int layout, int act,
+                          double slope, int from_output, void* sum_dz, void* sum_dz_xhat, int nt) {
+  if (from_output && !(act == IDENTITY || act == LEAKY_RELU || act == ELU)) return 3;
+  return dispatch3<BackwardCall>(dtype, act, res != nullptr, dy, src, res, w, b, mean, invstd, N, C, S, layout,
+                                 slope, from_output, static_cast<void*>(nullptr), static_cast<void*>(nullptr),
+                                 sum_dz_xhat, sum_dz, nt, REDUCE, double(N * S));
+}
+
+// sum_dz, sum_dz_xhat: (C,) inputs, sums over count values per channel.
+int bnlab_backward_elemt(int dtype, const void* dy, const void* src, const void* res, const void* w, const void* b,
+                         const void* mean, const void* invstd, const void* sum_dz, const void* sum_dz_xhat,
+                         double count, int64_t N, int64_t C, int64_t S, int layout, int act, double slope,
+                         int from_output, void* dx, void* dres, int nt) {
+  if (from_output && !(act == IDENTITY || act == LEAKY_RELU || act == ELU)) return 3;
+  // The sums are only read in the ELEMT phase; the casts give them the signature the one-pass backward shares.
+  return dispatch3<BackwardCall>(dtype, act, res != nullptr, dy, src, res, w, b, mean, invstd, N, C, S, layout,
+                                 slope, from_output, dx, dres, const_cast<void*>(sum_dz_xhat),
+                                 const_cast<void*>(sum_dz), nt, ELEMT, count);
 }
 
 }  // extern "C"

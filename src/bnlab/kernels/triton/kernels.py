@@ -48,7 +48,7 @@ def _expm1(z):
 
 @triton.jit
 def _activate(z, slope, ACT: tl.constexpr):
-    # ACT: the activation's index in bnlab.kernels.fused.ACTIVATIONS (identity, relu, leaky_relu, silu, elu).
+    # ACT: the activation's index in bnlab.reference.fused.ACTIVATIONS (identity, relu, leaky_relu, silu, elu).
     if ACT == 1:
         z = tl.maximum(z, 0.0)
     elif ACT == 2:
@@ -109,11 +109,19 @@ def _params(w_ptr, b_ptr, c, cmask, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
 
 # ------------------------------------------------------------------------------------------------ forward
 @triton.jit
-def _forward_one_pass(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, var_ptr,
+def _smallest(out, mask, lo_ptr, index):
+    # The smallest output of a tile (masked lanes left out), for save="output" to see how near ELU's saturation at
+    # −1 it came without reading y again; one slot per program, so no atomics.
+    tl.store(lo_ptr + index, tl.min(tl.min(tl.where(mask, out, float("inf")), axis=1), axis=0))
+
+
+@triton.jit
+def _forward_one_pass(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, var_ptr, lo_ptr,
                       C, S, M, sN, sC, sS, eps, slope,
                       ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                      BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
-    # x_ptr, r_ptr, y_ptr: (N, C, S) through (sN, sC, sS); w_ptr, b_ptr, mean_ptr, invstd_ptr, var_ptr: (C,) fp32.
+                      SMALLEST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    # x_ptr, r_ptr, y_ptr: (N, C, S) through (sN, sC, sS); w_ptr, b_ptr, mean_ptr, invstd_ptr, var_ptr: (C,) fp32;
+    # lo_ptr: (programs,) fp32, the smallest output per program (SMALLEST only).
     # One program holds all M values of BLOCK_C channels (BLOCK_M >= M): x is read once.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     m = tl.arange(0, BLOCK_M)
@@ -137,7 +145,10 @@ def _forward_one_pass(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, v
     z = d * (invstd * gamma)[:, None] + beta[:, None]
     if HAS_RES:
         z += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, _activate(z, slope, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+    out = _activate(z, slope, ACT)
+    if SMALLEST:
+        _smallest(out, mask, lo_ptr, tl.program_id(0))
+    tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -209,10 +220,11 @@ def _stats_merge(x_ptr, cnt_ptr, pmean_ptr, pm2_ptr, mean_ptr, invstd_ptr, var_p
 
 
 @triton.jit
-def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M, sN, sC, sS, slope,
+def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, lo_ptr, C, S, M, sN, sC, sS, slope,
                ACT: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-               BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
-    # x_ptr, r_ptr, y_ptr: (N, C, S); w_ptr, b_ptr, mean_ptr, invstd_ptr: (C,) fp32. y = act(x·scale + shift + r).
+               SMALLEST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    # x_ptr, r_ptr, y_ptr: (N, C, S); w_ptr, b_ptr, mean_ptr, invstd_ptr: (C,) fp32; lo_ptr: (programs,) fp32, the
+    # smallest output per program (SMALLEST only). y = act((x − μ)·scale + β + r): the elemt phase.
     # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
     m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -227,7 +239,10 @@ def _normalize(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, C, S, M,
     z = (x - mean[:, None]) * scale[:, None] + beta[:, None]
     if HAS_RES:
         z += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, _activate(z, slope, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+    out = _activate(z, slope, ACT)
+    if SMALLEST:
+        _smallest(out, mask, lo_ptr, tl.program_id(0) * tl.num_programs(1) + tl.program_id(1))
+    tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------- backward
@@ -256,10 +271,11 @@ def _tile_dz_xhat(g_ptr, s_ptr, r_ptr, offs, mask, gamma, beta, mean, invstd, sl
 
 
 @triton.jit
-def _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, M,
+def _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, count,
               WRITE_DRES: tl.constexpr):
-    # ∂ℓ/∂x = γ/σ · (dz − Σdz/M − x̂·Σ(dz·x̂)/M) and, with a residual, ∂ℓ/∂r = dz; dbias = Σdz, dweight = Σdz·x̂.
-    dx = (gamma * invstd)[:, None] * (dz - (dbias / M)[:, None] - xhat * (dweight / M)[:, None])
+    # ∂ℓ/∂x = γ/σ · (dz − Σdz/m − x̂·Σ(dz·x̂)/m) and, with a residual, ∂ℓ/∂r = dz; dbias = Σdz, dweight = Σdz·x̂,
+    # m = count, the values the sums were taken over (this batch's M, or more in synchronized batch norm).
+    dx = (gamma * invstd)[:, None] * (dz - (dbias / count)[:, None] - xhat * (dweight / count)[:, None])
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
     if WRITE_DRES:
         tl.store(dr_ptr + offs, dz.to(dr_ptr.dtype.element_ty), mask=mask)
@@ -328,10 +344,11 @@ def _grad_merge(p1_ptr, p2_ptr, dw_ptr, db_ptr, C, splits, BLOCK_C: tl.constexpr
 
 @triton.jit
 def _grad_input(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_ptr, invstd_ptr, dw_ptr, db_ptr,
-                C, S, M, sN, sC, sS, slope,
+                C, S, M, sN, sC, sS, slope, count,
                 ACT: tl.constexpr, FROM_OUTPUT: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DRES: tl.constexpr,
                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
-    # As _backward_one_pass, for one (M tile, channel block) tile, with Σdz (db) and Σdz·x̂ (dw) already known.
+    # As _backward_one_pass, for one (M tile, channel block) tile, with Σdz (db) and Σdz·x̂ (dw) already known
+    # (the backward_elemt phase): they were summed over ``count`` values per channel.
     # The M tiles on grid axis 0, the channel blocks on axis 1 (CUDA allows far more programs on axis 0).
     m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -343,4 +360,4 @@ def _grad_input(g_ptr, s_ptr, r_ptr, dx_ptr, dr_ptr, w_ptr, b_ptr, mean_ptr, inv
                              ACT, FROM_OUTPUT, HAS_RES)
     dbias = tl.load(db_ptr + c, mask=cmask, other=0.0)
     dweight = tl.load(dw_ptr + c, mask=cmask, other=0.0)
-    _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, M, WRITE_DRES)
+    _store_dx(dx_ptr, dr_ptr, offs, mask, dz, xhat, gamma, invstd, dbias, dweight, count, WRITE_DRES)

@@ -81,6 +81,8 @@ def export_sites(program: torch.export.ExportedProgram, root: nn.Module) -> Capt
     """The batch-norm calls of the captured forward, with the layers each may fold into."""
     signature = program.graph_signature
     tensors = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}  # placeholder name → FQN
+    # Tensors a module keeps outside its parameters and buffers (a bnlab layer's backend_id) are lifted too.
+    constants = signature.inputs_to_lifted_tensor_constants
     groups: dict[str, _Group] = {}
     group_of: dict[Node, _Group] = {}
     for node in program.graph.nodes:
@@ -99,7 +101,7 @@ def export_sites(program: torch.export.ExportedProgram, root: nn.Module) -> Capt
 
     def owned(node: Node, group: _Group) -> bool:
         """Whether ``node`` is a placeholder for one of the group's module's own parameters or buffers."""
-        fqn = tensors.get(node.name) if node.op == "placeholder" else None
+        fqn = (tensors.get(node.name) or constants.get(node.name)) if node.op == "placeholder" else None
         return fqn is not None and _owner(root, fqn) is group.module
 
     def inputs(group: _Group) -> list[Node]:

@@ -2,7 +2,7 @@
 
 The model is traced with every batch-norm layer as a leaf (bnlab's layers included, so they appear as
 ``call_module`` like torch's); graphs traced elsewhere show bnlab's layers as
-``call_function(_module_forward, (get_attr bn, x))`` and that form is recognised too.
+``call_function(module_forward, (get_attr bn, x))`` and that form is recognised too.
 
 When the whole model cannot be traced, :func:`trace_modules` traces what it can: a module whose forward fx cannot
 trace becomes a leaf of its parent's graph and is traced on its own; a module whose own code fx cannot trace is
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnlab.nn.batchnorm import _module_forward
+from bnlab.nn.batchnorm import module_forward
 from bnlab.tools._layers import is_batch_norm, is_frozen_batch_norm, norm_layers, replace_modules
 from bnlab.tools.fold.math import WEIGHT_LAYERS
 from bnlab.tools.fold.pairs import Decision, Option, Site
@@ -182,7 +182,7 @@ def _bn_call(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Mod
         m = modules.get(str(node.target))
         if m is not None and (is_batch_norm(m) or is_frozen_batch_norm(m)):
             return m, str(node.target), _only_input(node)
-    if node.op == "call_function" and node.target is _module_forward and len(node.args) == 2:
+    if node.op == "call_function" and node.target is module_forward and len(node.args) == 2:
         owner = node.args[0]
         if isinstance(owner, torch.fx.Node) and owner.op == "get_attr":
             m = modules.get(str(owner.target))
@@ -221,7 +221,7 @@ def _attribute_reads(gm: torch.fx.GraphModule) -> dict[int, str]:
     for node in gm.graph.nodes:
         if node.op != "get_attr":
             continue
-        applied = [u for u in node.users if u.op == "call_function" and u.target is _module_forward
+        applied = [u for u in node.users if u.op == "call_function" and u.target is module_forward
                    and u.args[0] is node]
         if node.users and len(applied) == len(node.users):
             continue

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bnlab.nn import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from bnlab.nn.policy import FOLLOW_MODE
 from bnlab.tools._layers import NormLayer, has_running_stats, input_ranks, running_stats
 from bnlab.tools.fold.math import CONV, WEIGHT_LAYERS, WeightLayer, fold_after, fold_before
 
@@ -26,11 +27,10 @@ def _hooked(module: nn.Module) -> bool:
 
 
 def uses_batch_statistics_at_inference(bn: nn.Module) -> bool:
-    """Whether bnlab.tools.freeze switched ``bn`` to normalize with, or update, batch statistics in eval mode.
-
-    The one place fold reads the freeze switches, so that it follows wherever they move.
-    """
-    return getattr(bn, "normalize_with", None) == "batch" or bool(getattr(bn, "update_stats", None))
+    """Whether ``bn``'s statistics policy (set by bnlab.tools.freeze) normalizes with, or updates, batch statistics
+    in eval mode. torch's own layers have no policy: they follow the mode."""
+    policy = getattr(bn, "stats_policy", FOLLOW_MODE)
+    return policy.normalize_with == "batch" or bool(policy.update_stats)
 
 
 def activation_of(bn: nn.Module) -> tuple[str, float]:
@@ -47,7 +47,7 @@ def foldable_bn(bn: nn.Module) -> str | None:
     if not has_running_stats(bn):
         return "it has no running statistics (track_running_stats=False), so it normalizes with batch statistics"
     if uses_batch_statistics_at_inference(bn):
-        return "bnlab.tools.freeze set it to use or update batch statistics at inference"
+        return "its statistics policy (bnlab.freeze) uses or updates batch statistics at inference"
     mean, var = running_stats(bn)
     if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
         return "its running statistics are not finite"
