@@ -44,6 +44,9 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         use_batch_stats, update = policy.decide(use_batch_stats, update,
                                                 running_mean is not None and running_var is not None,
                                                 type(module).__name__)
+    if update and _stats.is_recomputation():
+        # A forward recomputed by activation checkpointing normalizes again but does not count the batch twice.
+        update = False
     if use_batch_stats and not update:
         running_mean = running_var = None
     check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)
