@@ -20,7 +20,7 @@ def require_gloo() -> None:
         pytest.skip("this PyTorch build has no gloo backend for torch.distributed")
 
 
-def launch(scenario: str, world: int, directory: Path, arg: str = "", timeout: float = 120,
+def launch(scenario: str, world: int, directory: Path, arg: str = "", timeout: float = 300,
            expect_failure: bool = False) -> list[Any]:
     """Run ``worker.py scenario`` on ``world`` processes; returns each rank's saved result (or its output text
     when ``expect_failure``: then every rank must exit non-zero)."""

@@ -41,8 +41,8 @@ from bnlab.nn.batchnorm_act import ActMixin
 from bnlab.nn.policy import FOLLOW_MODE
 from bnlab.nn.sync_exchange import BACKWARD, FORWARD, SyncBatchNormError, active_group, all_gather_rows, handshake
 
-__all__ = ["DEFAULT_TIMEOUT", "AnyRank", "SyncBatchNorm", "SyncBatchNormAct", "SyncBatchNormError",
-           "init_sync_state"]
+__all__ = ["DEFAULT_TIMEOUT", "SYNC_STATE", "AnyRank", "BatchNormActNd", "BatchNormNd", "SyncBatchNorm",
+           "SyncBatchNormAct", "SyncBatchNormError", "TorchBatchNormNd", "init_sync_state"]
 
 #: Seconds a rank waits for the others in one exchange before it raises (settable per layer: ``timeout``).
 DEFAULT_TIMEOUT = 300.0
@@ -62,7 +62,11 @@ class AnyRank(tuple):
 ANY_RANK = AnyRank((2, 3, 4, 5))
 
 
-def init_sync_state(module: torch.nn.Module, process_group: Any, key: int | None = None, name: str | None = None,
+#: The attributes init_sync_state gives a layer (what convert() removes when it turns the layer back).
+SYNC_STATE = ("process_group", "sync_key", "sync_name", "timeout", "_sync_calls", "_sync_groups", "_sync_replay")
+
+
+def init_sync_state(module: Any, process_group: Any, key: int | None = None, name: str | None = None,
                     timeout: float = DEFAULT_TIMEOUT) -> None:
     """Give a layer what synchronization needs beyond torch's state (at construction, or when convert() swaps in
     the class): the group, a key and name for its headers and errors, the call counters and the replay store."""
@@ -119,6 +123,8 @@ class _SyncTrainFunction(torch.autograd.Function):
         return dx, dres, dweight, dbias, None, None, None, None, None, None, None, None
 
 
+# torch.compile runs it eagerly (a graph break): the collective and the header checks are host-side work.
+@torch.compiler.disable
 def sync_forward(module: Any, input: Tensor, residual: Tensor | None = None) -> Tensor:
     """The forward of :class:`SyncBatchNorm` and :class:`SyncBatchNormAct` (see the module docstring)."""
     if input.dim() < 2:
@@ -131,7 +137,7 @@ def sync_forward(module: Any, input: Tensor, residual: Tensor | None = None) -> 
         use_batch_stats, update = module.stats_policy.decide(use_batch_stats, update,
                                                              module.running_mean is not None,
                                                              type(module).__name__)
-    if group is None or not use_batch_stats or not training or torch.compiler.is_compiling():
+    if group is None or not use_batch_stats or not training:
         return module_forward(module, input, residual)
     recomputed = _stats.is_recomputation()
     update = update and not recomputed
@@ -247,3 +253,27 @@ class SyncBatchNormAct(ActMixin, SyncBatchNorm):
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         return sync_forward(self, input, residual)
+
+
+# ------------------------------------------------------------------- what a synchronized layer converts back to
+class TorchBatchNormNd(torch.nn.modules.batchnorm._BatchNorm):
+    """torch's batch norm (its own forward) over (N, C, *) input of any rank ≥ 2: what ``bnlab.convert(model,
+    to="torch")`` makes of a SyncBatchNorm whose original 1d/2d/3d class it does not know."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            check_input_rank(input, ANY_RANK, type(self).__name__)
+
+
+class BatchNormNd(BackendMixin, TorchBatchNormNd):
+    """bnlab batch norm over (N, C, *) input of any rank ≥ 2: what ``bnlab.convert(model, to="bnlab")`` makes of a
+    SyncBatchNorm whose original class it does not know. Arguments as :class:`bnlab.BatchNorm2d`."""
+
+    _bnlab_ranks = ANY_RANK
+
+
+class BatchNormActNd(ActMixin, BatchNormNd):
+    """act(BatchNormNd(x) + residual): what a :class:`SyncBatchNormAct` built directly converts back to."""
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        return module_forward(self, input, residual)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["HANDSHAKE", "FORWARD", "BACKWARD", "SyncBatchNormError", "active_group", "all_gather_rows"]
+__all__ = ["BACKWARD", "FORWARD", "HANDSHAKE", "SyncBatchNormError", "active_group", "all_gather_rows"]
 
 #: The phases a header names.
 HANDSHAKE, FORWARD, BACKWARD = 1, 2, 3
