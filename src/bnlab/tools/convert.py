@@ -56,9 +56,10 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
     Args:
         model: any module; it may itself be a batch-norm module.
         to: ``"bnlab"`` replaces ``torch.nn.BatchNorm1d/2d/3d`` by ``bnlab.nn.BatchNorm1d/2d/3d`` (and sets the
-            backend of bnlab modules already there); ``"torch"`` goes back. Subclasses of torch's classes
-            (``SyncBatchNorm``, uninitialized lazy modules, user subclasses) are left as they are: their
-            forward may do more than batch norm. ``"frozen"`` replaces torch's and bnlab's layers by
+            backend of bnlab modules already there); ``"torch"`` goes back. Synchronized layers (bnlab's and
+            torch's ``SyncBatchNorm``) become plain batch norm of the family asked for. Other subclasses of
+            torch's classes (uninitialized lazy modules, user subclasses) are left as they are: their forward may
+            do more than batch norm. ``"frozen"`` replaces torch's and bnlab's layers by
             ``bnlab.nn.FrozenBatchNorm1d/2d/3d`` (a layer without running statistics is a ValueError);
             "torch" and "bnlab" turn frozen layers back into trainable ones. The fused
             ``BatchNormAct`` layers have no torch or frozen counterpart: ``to="torch"`` leaves them as they are
