@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from distributed.launcher import require_gloo
 
 SMOKE = ["--set", "dataset=synthetic", "--set", "steps=20", "--set", "eval_every=10", "--set", "hidden=8"]
