@@ -9,6 +9,7 @@ import torch
 
 from distributed.launcher import launch
 from distributed.worker import STEPS, checkpoint_batch, checkpoint_model, randomize, step_data
+from tolerances import FLOOR
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -70,3 +71,20 @@ def test_ranks_that_disagree_fail_in_bounded_time_naming_the_layer(tmp_path: Pat
             assert result["seconds"] < 15
         else:
             assert result["error"] is None, result
+
+
+def test_too_few_values_in_the_group_names_the_count_and_bfloat16_keeps_float32_statistics(tmp_path: Path) -> None:
+    results = launch("edges", 2, tmp_path)
+    for rank in results:
+        assert "SyncBatchNorm (layer key" in rank["error"] and "got 1 over the whole process group" in rank["error"]
+    x = step_data("uneven", "NCHW", 2, 0)[0]
+    whole = x.to(torch.bfloat16).double()  # the values the ranks saw, normalized in float64
+    reference = torch.nn.BatchNorm2d(4, dtype=torch.float64)
+    expected = reference(whole)
+    y = torch.cat([r["y"] for r in results])
+    assert y.dtype == torch.bfloat16 and all(r["channels_last"] for r in results)
+    torch.testing.assert_close(y.double(), expected, rtol=FLOOR[torch.bfloat16], atol=FLOOR[torch.bfloat16])
+    for rank in results:
+        assert rank["state"]["running_var"].dtype == torch.float32
+        torch.testing.assert_close(rank["state"]["running_var"].double(), reference.running_var,
+                                   rtol=1e-5, atol=1e-6)

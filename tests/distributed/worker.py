@@ -184,7 +184,26 @@ def disagreement(rank: int, world: int, arg: str) -> dict[str, Any]:
     return {"error": None, "seconds": time.monotonic() - start}
 
 
+def edges(rank: int, world: int, arg: str) -> dict[str, Any]:
+    """One value per channel in the whole group (an error on every rank), then bfloat16 channels_last input."""
+    result: dict[str, Any] = {}
+    try:
+        bnlab.SyncBatchNorm(3, timeout=30)(torch.randn(1 if rank == 0 else 0, 3))
+        result["error"] = None
+    except ValueError as error:
+        result["error"] = str(error)
+    layer = bnlab.SyncBatchNorm(4, timeout=30)
+    x, _, sizes = step_data("uneven", "NCHW", world, 0)
+    part = x.split(sizes)[rank].to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    y = layer(part.requires_grad_(True))
+    y.float().square().sum().backward()
+    result.update(y=y.detach(), channels_last=y.is_contiguous(memory_format=torch.channels_last),
+                  dx=part.grad, state=layer.state_dict())
+    return result
+
+
 SCENARIOS: dict[str, Callable[[int, int, str], dict[str, Any]]] = {
+    "edges": edges,
     "equivalence": equivalence, "checkpoint": checkpointed, "counts": counts, "disagreement": disagreement}
 
 
