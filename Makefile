@@ -25,10 +25,11 @@ lint: setup
 format: setup
 	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
 
-## bench: the CPU benchmarks (kernels, engine overhead, folding small models and transformers' vision models; each
-## against its competitor in the same run); results in benchmarks/results/
+## bench: the CPU benchmarks (kernels, engine overhead, folding small models and transformers' vision models,
+## SyncBatchNorm on 2 gloo processes; each against its competitor in the same run); results in benchmarks/results/
 bench: setup
 	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json
 	@$(PY) -m benchmarks.engine_overhead --json benchmarks/results/engine-overhead.json
 	@$(PY) benchmarks/fold_speedup.py --json benchmarks/results/fold-speedup.json
 	@$(PY) -m benchmarks.fold_real_models --json benchmarks/results/fold-real-models.json
+	@$(PY) -m benchmarks.sync_overhead --json benchmarks/results/sync-overhead.json

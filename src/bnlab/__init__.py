@@ -6,6 +6,7 @@ The public surface:
 - :func:`bnlab.functional.batch_norm`: ``torch.nn.functional.batch_norm`` with a choice of backend;
 - :class:`bnlab.BatchNorm1d` / ``2d`` / ``3d``: drop-in subclasses of torch's modules, and
   :class:`bnlab.LazyBatchNorm1d` / ``2d`` / ``3d`` that infer ``num_features`` and become them;
+- :class:`bnlab.SyncBatchNorm`: statistics over every process of a ``torch.distributed`` group (gloo or NCCL);
 - :func:`bnlab.convert`: swap torch's batch-norm modules for bnlab's in a model, and back (or freeze them);
 - :func:`bnlab.available_backends`: which backends can run on a device for a dtype;
 - model tools (:mod:`bnlab.tools`): :func:`bnlab.fold`, :func:`bnlab.recalibrate`, :func:`bnlab.freeze`,
@@ -38,7 +39,7 @@ _NAMES = {
     "available_backends": "bnlab.kernels",
     **{name: "bnlab.nn" for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "FrozenBatchNorm1d",
                                      "FrozenBatchNorm2d", "FrozenBatchNorm3d", "LazyBatchNorm1d",
-                                     "LazyBatchNorm2d", "LazyBatchNorm3d")},
+                                     "LazyBatchNorm2d", "LazyBatchNorm3d", "SyncBatchNorm")},
     **{name: "bnlab.tools" for name in ("convert", "doctor", "fold", "freeze", "recalibrate",
                                         "summary")},
 }
@@ -54,6 +55,7 @@ __all__ = [  # the submodules and the names above
     "LazyBatchNorm1d",
     "LazyBatchNorm2d",
     "LazyBatchNorm3d",
+    "SyncBatchNorm",
     "__version__",
     "available_backends",
     "compat",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         LazyBatchNorm1d,
         LazyBatchNorm2d,
         LazyBatchNorm3d,
+        SyncBatchNorm,
     )
 
     # From their own modules: mypy takes ``from bnlab.tools import fold`` under TYPE_CHECKING for a second

@@ -80,10 +80,13 @@ _FLOAT_SET = frozenset(FLOAT_DTYPES)
 
 
 def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                          weight: Tensor | None, bias: Tensor | None, training: bool, eps: float) -> None:
+                          weight: Tensor | None, bias: Tensor | None, training: bool, eps: float, *,
+                          local_part: bool = False) -> None:
     """Everything ``batch_norm`` needs of its arguments before a backend sees them, in torch's order.
 
     This runs on every call, so the common path only compares; messages are built once something fails.
+    ``local_part``: the input is one process's part of a batch split across processes (SyncBatchNorm), which may
+    hold one value per channel or none; the caller checks the count of the whole batch.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
@@ -91,7 +94,7 @@ def check_batch_norm_args(input: Tensor, running_mean: Tensor | None, running_va
     # torch's rule and wording for ε: 0 is allowed with running statistics (their variance is then trusted to be
     # positive), never with batch statistics, where a constant channel would divide by zero.
     if training:
-        if shape and _one_value(shape):
+        if shape and not local_part and _one_value(shape):
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {shape}: a variance "
                 f"needs at least 2 values; use a batch of 2 or more, or call .eval() to use running statistics"

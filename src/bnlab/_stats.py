@@ -99,6 +99,19 @@ def mean_var(moments: Moments) -> tuple[Tensor, Tensor]:
     return moments.mean, moments.m2 / moments.count.clamp_min(1)
 
 
+def is_recomputation() -> bool:
+    """True while the autograd engine runs a backward pass: a batch-norm forward then is a recomputation.
+
+    Activation checkpointing (``torch.utils.checkpoint``, reentrant or not) runs the forward a second time inside
+    the backward pass to rebuild what it did not keep. That second run must normalize exactly as the first did but
+    must not count the batch or fold its statistics into the running ones again (pytorch issue 96136), and a
+    synchronized layer must not communicate again. One call into the engine, read only by training calls.
+    """
+    # (Not while torch.compile traces: a compiled graph's backward is the compiler's, and the engine query would
+    # break the graph.)
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 def advance(num_batches_tracked: Tensor, momentum: float | None) -> float | Tensor:
     """Count one more training batch and return the averaging factor for it.
 

@@ -74,7 +74,8 @@ def test_backend_of_existing_bnlab_modules() -> None:
 
 def test_subclasses_and_root_modules() -> None:
     sync = torch.nn.SyncBatchNorm(3)
-    assert type(bnlab.convert(sync)) is torch.nn.SyncBatchNorm  # its forward does more than batch norm
+    # Back to plain batch norm (issue 10); torch's SyncBatchNorm does not say which 1d/2d/3d class it replaced.
+    assert type(bnlab.convert(sync)) is bnlab.nn.sync.BatchNormNd
     lazy = torch.nn.LazyBatchNorm2d()
     # Not initialized yet: left alone (in place, since uninitialized parameters cannot be deep-copied).
     assert type(bnlab.convert(lazy, inplace=True)) is torch.nn.LazyBatchNorm2d

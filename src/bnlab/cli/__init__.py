@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a command that starts itself again (--nproc)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
     p_run.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for PyTorch (default: the experiment's own, see `bnlab list`)")
     p_run.add_argument("--deterministic", action="store_true", help="use only deterministic algorithms")
+    p_run.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train on N processes (torch.distributed.run; gloo on CPU, NCCL with one GPU each) "
+                            "with DDP and SyncBatchNorm, each rank taking its share of every batch (default: 1)")
     p_run.add_argument("--show-config", action="store_true",
                        help="print the configuration the run would use, and stop")
     p_run.set_defaults(func=_run)
@@ -119,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         for i, point in enumerate(grid or []):
             print(f"point {i}: " + ", ".join(f"{k} = {format_value(v)}" for k, v in point.items()))
         return 0
+    if args.nproc != 1 or _started_by_nproc():
+        return _run_on_processes(args, experiment, config, grid)
     try:
         run_dir = run_experiment(experiment, config, out_root=args.out, seeds=args.seeds, grid=grid,
                                  device=args.device, data_dir=args.data_dir, quick=args.quick,
@@ -129,6 +134,69 @@ def _run(args: argparse.Namespace) -> int:
     _print_verdicts(run_dir)
     print(f"report: {run_dir / REPORT}")
     print(f"all runs: {args.out / 'index.html'}")
+    return 0
+
+
+def _started_by_nproc() -> bool:
+    import os
+
+    return "BNLAB_NPROC" in os.environ  # bnlab.lab.distributed.NPROC_ENV, read without importing torch
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command for each process: --nproc dropped (the launcher's own options would take it for
+    --nproc-per-node; the processes know they are part of a run from the environment)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _run_on_processes(args: argparse.Namespace, experiment: Any, config: Any, grid: Any) -> int:
+    """``--nproc N``: start N processes of this command (the parent), or be one of them (bnlab.lab.distributed)."""
+    import os
+    import tempfile
+
+    from bnlab.lab import distributed, engine
+    from bnlab.lab.records import REPORT, RunFilesError
+    from bnlab.lab.registry import RunSetupError
+    from bnlab.lab.runner import run_experiment
+
+    if not 1 <= args.nproc <= 256:
+        raise CLIError(f"--nproc must be between 1 and 256, got {args.nproc}")
+    if distributed.NPROC_ENV not in os.environ:
+        code = distributed.launch(args.nproc, _without_nproc(args.argv))
+        if code != 0:
+            raise CLIError(f"the run on {args.nproc} processes failed (exit code {code}); the first failing "
+                           f"rank's error is above")
+        return 0
+    try:
+        where = distributed.setup(engine.resolve_device(args.device))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    assert where is not None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            # Only rank 0 writes the run's files; the others write theirs into a folder that is then removed.
+            out = args.out if where.rank == 0 else Path(scratch)
+            try:
+                run_dir = run_experiment(experiment, config, out_root=out, seeds=args.seeds, grid=grid,
+                                         device=args.device, data_dir=args.data_dir, quick=args.quick,
+                                         deterministic=args.deterministic, threads=args.threads,
+                                         command=_command(), progress=False if where.rank else None)
+            except (FileNotFoundError, RunSetupError, RunFilesError) as err:
+                raise CLIError(" ".join(str(err).split())) from None
+            if where.rank == 0:
+                _print_verdicts(run_dir)
+                print(f"report: {run_dir / REPORT}")
+                print(f"all runs: {args.out / 'index.html'}")
+    finally:
+        distributed.teardown()
     return 0
 
 

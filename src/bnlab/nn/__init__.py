@@ -1,12 +1,13 @@
 """Drop-in batch-norm modules (subclasses of torch's) that run on a bnlab backend, their fused
 BN+activation variants, their frozen form, lazy forms that infer the number of features, and the per-layer
-statistics policy."""
+statistics policy, and SyncBatchNorm (statistics over every process of a torch.distributed group)."""
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from bnlab.nn.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d, FrozenBatchNormBase
 from bnlab.nn.lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d
 from bnlab.nn.policy import StatsPolicy, policy_override
+from bnlab.nn.sync import SyncBatchNorm, SyncBatchNormAct, SyncBatchNormError
 
 # Imported for its effect: torch's fusion, quantization and SyncBatchNorm tools learn bnlab's layers.
 from bnlab.nn import torch_integration  # noqa: F401  # isort: skip
@@ -26,5 +27,8 @@ __all__ = [
     "LazyBatchNorm2d",
     "LazyBatchNorm3d",
     "StatsPolicy",
+    "SyncBatchNorm",
+    "SyncBatchNormAct",
+    "SyncBatchNormError",
     "policy_override",
 ]

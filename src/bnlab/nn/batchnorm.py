@@ -45,6 +45,11 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         use_batch_stats, update = policy.decide(use_batch_stats, update,
                                                 running_mean is not None and running_var is not None,
                                                 type(module).__name__)
+    recomputed = update and _stats.is_recomputation()
+    if recomputed and running_mean is not None and running_var is not None:
+        # A forward recomputed by activation checkpointing normalizes again but must not count the batch twice:
+        # it updates copies, so that it runs the same op as the first time (checkpoint compares what they save).
+        running_mean, running_var = running_mean.clone(), running_var.clone()
     if use_batch_stats and not update:
         running_mean = running_var = None
     check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)
@@ -65,7 +70,8 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         factor = 0.0 if module.momentum is None else module.momentum
         counter = module.num_batches_tracked
         if counter is not None:
-            factor = _stats.advance(counter, module.momentum)
+            # (On a recomputation the counter is copied too: what the copies are updated with is thrown away.)
+            factor = _stats.advance(counter.clone() if recomputed else counter, module.momentum)
         if not use_batch_stats:
             return normalize_with_running_then_update(chosen, input, running_mean, running_var, weight, bias,
                                                       factor, module.eps, residual, activation, slope)

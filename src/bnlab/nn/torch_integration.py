@@ -19,6 +19,8 @@ skip bnlab's layers, raise on them, or, worse, fold a ``BatchNormAct`` layer as 
   layer whose output is not plain batch norm (a ``BatchNormAct`` layer, or one switched by
   :func:`bnlab.tools.freeze`) is refused instead of silently losing what it does; every other call goes to
   torch's function as before.
+- ``DistributedDataParallel`` refuses a ``SyncBatchNorm`` in a CPU module, torch's being GPU-only; bnlab's runs on
+  CPU too, so the check is left to torch for models that hold torch's own class only.
 
 Each wrapper keeps torch's original as ``__wrapped__``.
 """
@@ -38,6 +40,7 @@ from torch import nn
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from bnlab.nn.sync import SyncBatchNorm
 
 __all__ = ["FUSER_METHOD_MAPPING", "fx_fuse", "install"]
 
@@ -219,6 +222,17 @@ functools.update_wrapper(_convert_sync_batchnorm, _TORCH_CONVERT_SYNC.__func__, 
                          assigned=_WRAPPER_ASSIGNED)
 
 
+# --- DistributedDataParallel's SyncBatchNorm check ----------------------------------------------------------------
+# DDP refuses any torch.nn.SyncBatchNorm (subclasses included) in a CPU module, because torch's runs on GPUs only.
+# bnlab's SyncBatchNorm runs on CPU (gloo): the check is left to torch only for models holding torch's own class.
+_TORCH_DDP_SYNC_CHECK = torch.nn.parallel.DistributedDataParallel._passing_sync_batchnorm_handle
+
+
+def _ddp_sync_check(self: Any, module: nn.Module) -> None:
+    if any(isinstance(m, nn.SyncBatchNorm) and not isinstance(m, SyncBatchNorm) for m in module.modules()):
+        _TORCH_DDP_SYNC_CHECK(self, module)
+
+
 def install() -> None:
     """Teach torch's tools about bnlab's layers (see the module docstring); calling it again changes nothing."""
     if getattr(fx_optimization.fuse, "__wrapped__", None) is _TORCH_FX_FUSE:
@@ -233,6 +247,8 @@ def install() -> None:
         if getattr(nn.utils, name, None) is original:
             setattr(nn.utils, name, wrapped)
     nn.SyncBatchNorm.convert_sync_batchnorm = classmethod(_convert_sync_batchnorm)  # type: ignore[assignment]
+    _ddp_sync_check.__wrapped__ = _TORCH_DDP_SYNC_CHECK  # type: ignore[attr-defined]
+    torch.nn.parallel.DistributedDataParallel._passing_sync_batchnorm_handle = _ddp_sync_check  # type: ignore[method-assign]
 
 
 install()

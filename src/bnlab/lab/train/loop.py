@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from bnlab.lab import distributed
 from bnlab.lab.train.batches import batches, check_finite
 
 __all__ = ["Hook", "OptimizerStep", "StepFn", "Stepper", "TrainResult", "run_steps", "supervised_step", "train"]
@@ -203,7 +204,12 @@ def train(model: torch.nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.O
     """
     check_finite(x, data_name)
     stream = batches((x, y), batch_size, torch.Generator().manual_seed(seed))
-    return run_steps(supervised_step(model, optimizer, loss_fn), stream, steps=steps, models=[model],
+    step_fn = supervised_step(model, optimizer, loss_fn)
+    where = distributed.current()
+    if where is not None:  # bnlab run --nproc: this rank's share of each batch, through DDP and SyncBatchNorm
+        shares = distributed.Shares(stream, where)
+        stream, step_fn = shares, distributed.supervised_step(distributed.wrap(model), optimizer, loss_fn, shares)
+    return run_steps(step_fn, stream, steps=steps, models=[model],
                      eval_steps=eval_steps, evaluate=None if evaluate is None else (lambda: evaluate(model)),
                      on_eval=on_eval, hooks=hooks, progress=progress, desc=desc)
 
