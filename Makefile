@@ -33,3 +33,4 @@ bench: setup
 	@$(PY) benchmarks/fold_speedup.py --json benchmarks/results/fold-speedup.json
 	@$(PY) -m benchmarks.fold_real_models --json benchmarks/results/fold-real-models.json
 	@$(PY) -m benchmarks.sync_overhead --json benchmarks/results/sync-overhead.json
+	@$(PY) -m benchmarks.call_overhead --json benchmarks/results/call-overhead.json
