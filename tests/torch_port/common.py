@@ -24,17 +24,6 @@ LAZY_OF: dict[type[nn.Module], type[nn.Module]] = {
 TORCH_LAZY_OF: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm1d: nn.LazyBatchNorm1d, nn.BatchNorm2d: nn.LazyBatchNorm2d, nn.BatchNorm3d: nn.LazyBatchNorm3d}
 
-#: The backend ids (as the root conftest's ``backend`` fixture names them) whose calls carry forward-mode AD and
-#: vmap today: only ATen's complete op, which brings torch's own derivative formulas and batching rules. Every
-#: other path (the reference, cpu and triton backends, and native's three-call contract that torch.compile
-#: takes) goes through a ``torch.autograd.Function`` without ``jvp`` or ``vmap``.
-FORWARD_AD_BACKENDS = frozenset({"native"})
-#: Backend ids whose *backward* cannot be vmapped (batched gradients, gradcheck's check_batched_grad) wherever
-#: batch statistics normalize (training, or eval without running statistics): the cpu and triton kernels read
-#: data pointers (through ctypes, or Triton's launcher), which a batched tensor does not have.
-BATCHED_GRAD_GAPS = frozenset({"cpu", "triton"})
-
-
 #: Drop-in gaps other than forward AD/vmap, found by the ports: (backend ids affected, reason). The fixes
 #: belong to the core (issue 9), not to the tests.
 EMPTY_BATCH_STRIDES = (
@@ -59,27 +48,9 @@ def expect_gap(request: pytest.FixtureRequest, gap: tuple[frozenset[str], str]) 
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
-def forward_ad_reason(backend_id: str) -> str:
-    return f"forward AD/vmap through the {backend_id} backend: issue 9 §3, lands after the core rewrite"
-
-
 def backend_id(request: pytest.FixtureRequest) -> str:
     """The id of the root conftest's ``backend`` parameter (``native:contract`` included), for the gap tables."""
     return str(request.node.callspec.params["backend"])
-
-
-def expect_forward_ad_gap(request: pytest.FixtureRequest, backend: str | None = None) -> None:
-    """Mark this test xfail (strict) when its backend has no forward AD/vmap yet; call it before the check."""
-    name = backend or backend_id(request)
-    if name not in FORWARD_AD_BACKENDS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=forward_ad_reason(name)))
-
-
-def expect_batched_grad_gap(request: pytest.FixtureRequest) -> None:
-    """Mark this test xfail (strict) when its backend's backward cannot be vmapped yet."""
-    name = backend_id(request)
-    if name in BATCHED_GRAD_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=forward_ad_reason(name)))
 
 
 def assert_same_state(ours: nn.Module, theirs: nn.Module, dtype: torch.dtype) -> None:

@@ -42,7 +42,6 @@ from torch_port.common import (
     LAZY_OF,
     TORCH_LAZY_OF,
     assert_same_state,
-    expect_batched_grad_gap,
     expect_gap,
 )
 
@@ -258,10 +257,9 @@ def _check_gradients(backend: str, subject: Subject, training: bool, check: Call
 
 @pytest.mark.parametrize("subject", PLAIN_SUBJECTS)
 @pytest.mark.parametrize("training", TRAINING)
-def test_grad(backend: str, subject: Subject, training: bool, request: pytest.FixtureRequest) -> None:
+def test_grad(backend: str, subject: Subject, training: bool) -> None:
     # TestModule.test_grad (float64 only): torch's testing gradcheck, which also checks batched gradients.
     require(backend, torch.float64)
-    expect_batched_grad_gap(request)
     _check_gradients(backend, subject, training, gradcheck)
 
 
