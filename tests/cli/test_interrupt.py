@@ -29,6 +29,12 @@ IMPORT_TIME = "import time:"
 TIMEOUT_S = 120
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs (`pytest ... &`, nohup) with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: a Ctrl-C before main() installs its handler would then be lost. Start as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Watched:
     """``bnlab doctor`` on the sleepy factory, its stderr read as it comes (the import lines would fill the pipe)."""
 
@@ -36,7 +42,7 @@ class _Watched:
         env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
         self.process = subprocess.Popen([str(BNLAB), "doctor", "--model", tool_dir.spec("sleepy"), "--data",
                                          "data.npz"], cwd=tool_dir.path, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         self.imported: list[str] = []
         self.errors: list[str] = []
         self.changed = threading.Condition()

@@ -20,6 +20,7 @@ from torch.ao.quantization import fuse_modules, fuse_modules_qat
 
 import bnlab
 from bnlab.nn import torch_integration
+from bnlab.nn.policy import StatsPolicy
 from conftest import require
 
 
@@ -103,10 +104,10 @@ def test_fuse_modules_refuses_a_fused_batch_norm_layer(act) -> None:  # type: ig
 
 def test_fuse_modules_refuses_a_layer_frozen_to_batch_statistics() -> None:
     model = nn.Sequential(nn.Conv2d(2, 3, 3), bnlab.BatchNorm2d(3)).eval()
-    model[1].normalize_with = "batch"
+    model[1].stats_policy = StatsPolicy(normalize_with="batch")
     with pytest.raises(NotImplementedError, match="normalize_with='batch'"):
         fuse_modules(model, [["0", "1"]])
-    model[1].normalize_with, model[1].update_stats = "running", False  # the eval map: fine to fold
+    model[1].stats_policy = StatsPolicy("running", update_stats=False)  # the eval map: fine to fold
     x = torch.randn(2, 2, 5, 5)
     torch.testing.assert_close(fuse_modules(model, [["0", "1"]])(x), model(x))
 
@@ -152,7 +153,7 @@ def test_fx_fuse_folds_bnlab_layers_and_leaves_the_fused_one(backend: str) -> No
 
 def test_fx_fuse_leaves_a_layer_frozen_to_batch_statistics() -> None:
     model = nn.Sequential(nn.Conv2d(2, 3, 3), _trained(bnlab.BatchNorm2d(3), 3)).eval()
-    model[1].normalize_with = "batch"
+    model[1].stats_policy = StatsPolicy(normalize_with="batch")
     fused = fx_optimization.fuse(model)
     assert any(type(m) is bnlab.BatchNorm2d for m in fused.modules())
     x = torch.randn(4, 2, 5, 5)
@@ -188,7 +189,7 @@ def test_fusion_utils_fold_plain_bnlab_layers_and_torchs_as_before() -> None:
         bn = bn.double().eval()
         torch.testing.assert_close(torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)(x), bn(conv(x)))
     frozen = _trained(bnlab.BatchNorm2d(3), 3).double().eval()
-    frozen.update_stats = True  # freeze made it update its statistics at inference: folding would drop that
+    frozen.stats_policy = StatsPolicy(update_stats=True)  # freeze made it update its statistics at inference: folding would drop that
     with pytest.raises(NotImplementedError, match="update_stats=True"):
         torch.nn.utils.fusion.fuse_conv_bn_eval(conv, frozen)
 
@@ -199,7 +200,7 @@ def test_convert_sync_batchnorm_refuses_fused_and_switched_layers_and_changes_no
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert type(model[0]) is bnlab.BatchNorm2d  # refused before anything was converted
     switched = nn.Sequential(bnlab.BatchNorm2d(3))
-    switched[0].normalize_with = "running"
+    switched[0].stats_policy = StatsPolicy(normalize_with="running")
     with pytest.raises(NotImplementedError, match="normalize_with='running'"):
         nn.SyncBatchNorm.convert_sync_batchnorm(switched)
     plain = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bnlab.BatchNorm2d(3), nn.BatchNorm1d(2)))

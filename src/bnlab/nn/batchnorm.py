@@ -20,7 +20,8 @@ from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
 from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy
 
-__all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "drop_bnlab_state", "module_forward"]
+__all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "assign_backend", "drop_bnlab_state",
+           "module_forward"]
 
 
 def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -> Tensor:
@@ -113,9 +114,7 @@ class BackendMixin:
 
     @backend.setter
     def backend(self, name: str) -> None:
-        registry.check_backend_name(name)
-        self.__dict__["_bnlab_backend"] = name
-        self.__dict__["backend_id"] = torch.tensor(registry.name_id(name))
+        assign_backend(self, name)
 
     # Read-only views of the policy, under the names bnlab.freeze takes.
     @property
@@ -137,6 +136,13 @@ class BackendMixin:
         # failing deep inside TorchScript's compiler, which cannot follow the Python dispatch to a backend.
         raise RuntimeError(f"torch.jit.script cannot compile bnlab's {type(self).__name__} (TorchScript is "
                            f"deprecated and cannot run bnlab's backends); use torch.compile(model) instead")
+
+
+def assign_backend(module: torch.nn.Module, name: str) -> None:
+    """Give ``module`` the backend ``name`` (checked) and its id, outside torch's parameter/buffer machinery."""
+    registry.check_backend_name(name)
+    module.__dict__["_bnlab_backend"] = name
+    module.__dict__["backend_id"] = torch.tensor(registry.name_id(name))
 
 
 def drop_bnlab_state(module: torch.nn.Module) -> None:

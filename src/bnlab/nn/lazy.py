@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from bnlab.kernels import check_backend_name
-from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.nn.batchnorm import BackendMixin, BatchNorm1d, BatchNorm2d, BatchNorm3d, assign_backend
 
 __all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"]
 
@@ -24,17 +23,17 @@ class _LazyBackendMixin:
     """The ``backend`` keyword on torch's lazy classes, and a forward that is bnlab's."""
 
     cls_to_become: type[torch.nn.Module]
-    backend: str
+    #: The same property as the class it becomes, so the backend survives the class switch.
+    backend = BackendMixin.backend
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, bias: bool = True,
                  backend: str = "auto") -> None:
-        check_backend_name(backend)
+        assign_backend(self, backend)  # checked before torch allocates anything
         # Recent torch takes bias=False (γ without β); pass it only when asked, so older torch still works.
         extra = {} if bias else {"bias": False}
         super().__init__(eps, momentum, affine, track_running_stats, device, dtype,  # type: ignore[call-arg]
                          **extra)
-        self.backend = backend
 
     def forward(self, input: Tensor) -> Tensor:
         # torch's lazy-module pre-hook materializes the layer and switches its class to cls_to_become before
