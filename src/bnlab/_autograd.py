@@ -56,9 +56,10 @@ def _forward(backend: Backend, x: Tensor, residual: Tensor | None, weight: Tenso
              eps: float, activation: str, slope: float, save: str) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
     """(y, μ_B, invstd, σ²_B, whether the backward starts from y)."""
     if x.numel() == 0:
-        # An empty batch has no statistics: torch returns an empty output and leaves running stats alone.
+        # An empty batch has no statistics: torch returns an empty output and leaves running stats alone. The
+        # output keeps x's strides as torch's does (memory_format_of calls every empty tensor contiguous).
         stats = x.new_zeros(x.shape[1], dtype=accumulation_dtype(x.dtype))
-        return torch.empty_like(x, memory_format=memory_format_of(x)), stats, stats.clone(), stats.clone(), False
+        return torch.empty_like(x), stats, stats.clone(), stats.clone(), False
     out = backend.forward_train(x, weight, bias, eps, residual, activation, slope, check_output=save == "output")
     from_output = save == "output" and bool(out.invertible)
     return out.y, out.mean, out.invstd, out.var, from_output
@@ -69,7 +70,7 @@ def _backward(backend: Backend, grad_y: Tensor, saved: Tensor, residual: Tensor 
               need_dresidual: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     if saved.numel() == 0:
         zeros = saved.new_zeros(saved.shape[1], dtype=accumulation_dtype(saved.dtype))
-        empty = torch.empty_like(saved, memory_format=memory_format_of(saved))
+        empty = torch.empty_like(saved)  # the saved tensor's strides, as for the output
         return empty, (empty.clone() if need_dresidual else None), zeros, zeros.clone()
     g = backend.backward(grad_y, saved, mean, invstd, weight, bias, residual, activation, slope, from_output,
                          need_dresidual)
@@ -79,7 +80,7 @@ def _backward(backend: Backend, grad_y: Tensor, saved: Tensor, residual: Tensor 
 def _eval(backend: Backend, x: Tensor, residual: Tensor | None, running_mean: Tensor, running_var: Tensor,
           weight: Tensor | None, bias: Tensor | None, eps: float, activation: str, slope: float) -> Tensor:
     if x.numel() == 0:
-        return torch.empty_like(x, memory_format=memory_format_of(x))
+        return torch.empty_like(x)  # x's strides, as in _forward
     return backend.forward_eval(x, running_mean, running_var, weight, bias, eps, residual, activation, slope)
 
 

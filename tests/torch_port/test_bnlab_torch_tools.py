@@ -189,7 +189,8 @@ def test_fusion_utils_fold_plain_bnlab_layers_and_torchs_as_before() -> None:
         bn = bn.double().eval()
         torch.testing.assert_close(torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)(x), bn(conv(x)))
     frozen = _trained(bnlab.BatchNorm2d(3), 3).double().eval()
-    frozen.stats_policy = StatsPolicy(update_stats=True)  # freeze made it update its statistics at inference: folding would drop that
+    # freeze made it update its statistics at inference: folding would drop that
+    frozen.stats_policy = StatsPolicy(update_stats=True)
     with pytest.raises(NotImplementedError, match="update_stats=True"):
         torch.nn.utils.fusion.fuse_conv_bn_eval(conv, frozen)
 
