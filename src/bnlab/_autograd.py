@@ -306,13 +306,18 @@ def under_transform() -> bool:
     running a backend's kernels, which neither forward-mode AD nor vmap can see through. Two reads of interpreter
     state, so the normal path pays nothing measurable.
     """
-    return fwAD._current_level >= 0 or torch._C._are_functorch_transforms_active()
+    return fwAD._current_level >= 0 or _functorch_active()
+
+
+# Bound once: each is read on every eager call, where attribute lookups through torch._C add up.
+_functorch_active = torch._C._are_functorch_transforms_active
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 def _batched(grad_y: Tensor) -> bool:
     # A backward pass under vmap: functorch's (torch.func.vmap, jacrev) or the legacy one that
     # autograd.grad(is_grads_batched=True) and gradcheck's batched-gradient check use.
-    return torch._C._are_functorch_transforms_active() or torch._C._functorch.is_legacy_batchedtensor(grad_y)
+    return _functorch_active() or _legacy_batched(grad_y)
 
 
 def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight: Tensor | None,

@@ -138,7 +138,7 @@ class BackendMixin:
                            f"deprecated and cannot run bnlab's backends); use torch.compile(model) instead")
 
 
-def assign_backend(module: torch.nn.Module, name: str) -> None:
+def assign_backend(module: object, name: str) -> None:
     """Give ``module`` the backend ``name`` (checked) and its id, outside torch's parameter/buffer machinery."""
     registry.check_backend_name(name)
     module.__dict__["_bnlab_backend"] = name
