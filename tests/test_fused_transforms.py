@@ -8,6 +8,7 @@ may be at most twice as far from it as the same sequence at float32 (``tolerance
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -164,3 +165,15 @@ def test_a_normal_call_runs_the_backend_and_a_transformed_one_composes_torch_ops
                                         backend="reference")
     assert calls == ["backend", "composed"]
     assert not _autograd.under_transform()
+
+
+def test_an_empty_batch_under_forward_ad_leaves_the_running_statistics_alone(backend: str) -> None:
+    # As torch: an empty output with an empty tangent, and statistics unchanged (no 0/0 warning on the way).
+    layer = bnlab.nn.BatchNormAct2d(3, activation="leaky_relu", backend=backend)
+    x, r = torch.randn(0, 3, 2, 2), torch.randn(0, 3, 2, 2)
+    with warnings.catch_warnings(), fwAD.dual_level():
+        warnings.simplefilter("error", UserWarning)
+        y = layer(fwAD.make_dual(x, torch.randn_like(x)), r)
+        primal, tangent = fwAD.unpack_dual(y)
+    assert primal.shape == tangent.shape == x.shape
+    assert torch.equal(layer.running_mean, torch.zeros(3)) and torch.equal(layer.running_var, torch.ones(3))

@@ -88,7 +88,10 @@ def train_for_transforms(x: Tensor, residual: Tensor | None, weight: Tensor | No
     xa = x.to(acc)
     y = torch.batch_norm(xa, weight, bias, None, None, True, 0.0, eps, torch.backends.cudnn.enabled)
     with torch.no_grad():
-        var, mean = torch.var_mean(xa.detach(), reduction_dims(x), correction=0)
+        if x.numel():
+            var, mean = torch.var_mean(xa.detach(), reduction_dims(x), correction=0)
+        else:  # an empty batch has no statistics (zeros, as every backend answers; the running update skips it)
+            mean = var = x.new_zeros(x.shape[1], dtype=acc)
         invstd = torch.rsqrt(var + eps)
     return _residual_and_activation(y, residual, activation, negative_slope, x), mean, invstd, var
 
