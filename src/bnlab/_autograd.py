@@ -5,12 +5,11 @@ One operation, act(BN(x) + r) with ``save=`` (plain batch norm is r = None, act 
 - ``bnlab::train`` (Algorithm 1) with its backward ``bnlab::train_backward``;
 - ``bnlab::eval`` (Algorithm 2), whose backward is plain torch ops (inference batch norm is an affine map).
 
-One autograd definition serves three callers, all running the same backend code: the custom op, which is what
-``torch.compile`` traces (so a compiled graph keeps the fused kernels and saves what ``save=`` says); a
+One autograd definition serves two callers, both running the same backend code: the custom op, which is what
+``torch.compile`` traces (so a compiled graph keeps the fused kernels and saves what ``save=`` says); and a
 ``torch.autograd.Function`` that plain eager mode calls, because dispatching through a Python custom op costs
 about 70 µs per forward+backward on CPU (this Function about 20 µs), which would make small layers slower than
-PyTorch's; and the same Function in the ``setup_context`` form that functorch transforms (``torch.func.grad``)
-require. Eager mode hands the resolved :class:`~bnlab.kernels.base.Backend` itself to the Function; the custom ops
+PyTorch's. Eager mode hands the resolved :class:`~bnlab.kernels.base.Backend` itself to the Function; the custom ops
 take the backend as a small integer tensor (:func:`bnlab.kernels.registry.name_id`) and resolve it when they run,
 so that modules differing only in their backend share one compiled graph instead of recompiling per name.
 
@@ -22,6 +21,16 @@ read on the host: free on CPU (the ``cpu`` kernel returns it, no tensor is read)
 on CUDA (the price of exact gradients there; see docs/design.md). Under ``torch.compile`` the kept x is an extra
 output of the custom op, of size 0 unless it is needed.
 
+PyTorch's transforms cannot see through a backend's kernels (the cpu and triton ones read data pointers, which
+dual and batched tensors do not have; an autograd Function without a ``jvp`` has no forward derivative). Inside a
+forward-AD level or a functorch transform (``torch.func.jvp``, ``vmap``, ``grad``, ``jacrev``) a call therefore
+composes differentiable torch ops instead (:func:`bnlab.kernels.composed.train_for_transforms`: ATen's batch
+norm at the accumulation dtype, then the residual and the activation), whatever the backend: PyTorch's own
+derivative formulas and batching rules apply, and ``save=`` has no effect there (autograd keeps what those ops
+keep). A backward pass run under vmap (``autograd.grad(..., is_grads_batched=True)``, gradcheck's batched
+gradients, ``jacrev``) after a normal forward uses the torch-op phases of :mod:`bnlab.kernels.composed`. The
+normal path pays two reads of interpreter state for this (:func:`under_transform`).
+
 Double backward (``create_graph=True``) differentiates the float64 formulas of :mod:`bnlab.reference.fused` with
 autograd, for every backend, from the saved input; with ``save="output"`` the input is gone, and it raises saying so.
 """
@@ -31,10 +40,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from bnlab._shapes import accumulation_dtype, memory_format_of, per_channel, reduction_dims
-from bnlab.kernels import registry
+from bnlab.kernels import composed, registry
 from bnlab.kernels.base import Backend
 from bnlab.reference import fused as ref
 
@@ -46,9 +56,10 @@ def _forward(backend: Backend, x: Tensor, residual: Tensor | None, weight: Tenso
              eps: float, activation: str, slope: float, save: str) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
     """(y, μ_B, invstd, σ²_B, whether the backward starts from y)."""
     if x.numel() == 0:
-        # An empty batch has no statistics: torch returns an empty output and leaves running stats alone.
+        # An empty batch has no statistics: torch returns an empty output and leaves running stats alone. The
+        # output keeps x's strides as torch's does (memory_format_of calls every empty tensor contiguous).
         stats = x.new_zeros(x.shape[1], dtype=accumulation_dtype(x.dtype))
-        return torch.empty_like(x, memory_format=memory_format_of(x)), stats, stats.clone(), stats.clone(), False
+        return torch.empty_like(x), stats, stats.clone(), stats.clone(), False
     out = backend.forward_train(x, weight, bias, eps, residual, activation, slope, check_output=save == "output")
     from_output = save == "output" and bool(out.invertible)
     return out.y, out.mean, out.invstd, out.var, from_output
@@ -59,7 +70,7 @@ def _backward(backend: Backend, grad_y: Tensor, saved: Tensor, residual: Tensor 
               need_dresidual: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
     if saved.numel() == 0:
         zeros = saved.new_zeros(saved.shape[1], dtype=accumulation_dtype(saved.dtype))
-        empty = torch.empty_like(saved, memory_format=memory_format_of(saved))
+        empty = torch.empty_like(saved)  # the saved tensor's strides, as for the output
         return empty, (empty.clone() if need_dresidual else None), zeros, zeros.clone()
     g = backend.backward(grad_y, saved, mean, invstd, weight, bias, residual, activation, slope, from_output,
                          need_dresidual)
@@ -69,7 +80,7 @@ def _backward(backend: Backend, grad_y: Tensor, saved: Tensor, residual: Tensor 
 def _eval(backend: Backend, x: Tensor, residual: Tensor | None, running_mean: Tensor, running_var: Tensor,
           weight: Tensor | None, bias: Tensor | None, eps: float, activation: str, slope: float) -> Tensor:
     if x.numel() == 0:
-        return torch.empty_like(x, memory_format=memory_format_of(x))
+        return torch.empty_like(x)  # x's strides, as in _forward
     return backend.forward_eval(x, running_mean, running_var, weight, bias, eps, residual, activation, slope)
 
 
@@ -166,10 +177,12 @@ def _backward_train(ctx: Any, grad_y: Tensor, *unused: Any) -> tuple[Any, ...]:
     if torch.is_grad_enabled():
         grads = _differentiable_backward(grad_y, saved, residual, weight, bias, eps, activation, slope, from_output,
                                          need)
+    elif _batched(grad_y):  # torch ops that vmap batches: a backend's kernels cannot take a batched grad_y
+        grads = composed.backward_for_transforms(grad_y, saved, mean, invstd, weight, bias, residual, activation,
+                                                 slope, from_output, has_residual and need[1])
     elif not isinstance(backend, Tensor):
-        dx, dres, dweight, dbias = _backward(backend, grad_y, saved, residual, weight, bias, mean, invstd,
-                                             activation, slope, from_output, has_residual and need[1])
-        grads = (dx, dres, dweight, dbias)
+        grads = _backward(backend, grad_y, saved, residual, weight, bias, mean, invstd, activation, slope,
+                          from_output, has_residual and need[1])
     else:  # the custom op's backward: the backend that ran, by id; x from `kept` where it was kept
         dx, dres, dweight, dbias = train_backward_op(grad_y, saved, kept, residual, weight, bias, mean, invstd,
                                                      activation, slope, save, has_residual and need[1], backend)
@@ -233,31 +246,6 @@ class _TrainFunction(torch.autograd.Function):
         return (*_backward_train(ctx, grad_y), None, None, None, None, None)
 
 
-class _TrainTransformFunction(torch.autograd.Function):
-    """The same Function in the form functorch transforms (torch.func.grad, jacrev) require.
-
-    Neither the custom op's autograd nor the faster ctx-in-forward form above is accepted by functorch.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, residual: Tensor | None, weight: Tensor | None,  # type: ignore[override]
-                bias: Tensor | None, eps: float, activation: str, slope: float, save: str,
-                backend: Backend) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
-        return _forward(backend, x, residual, weight, bias, eps, activation, slope, save)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        x, residual, weight, bias, eps, activation, slope, save, backend = inputs
-        y, mean, invstd, var, from_output = output
-        ctx.mark_non_differentiable(mean, invstd, var)
-        _setup_train(ctx, x, residual, weight, bias, eps, activation, slope, save, backend, y, mean, invstd,
-                     from_output, None)
-
-    @staticmethod
-    def backward(ctx: Any, grad_y: Tensor, *unused: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        return (*_backward_train(ctx, grad_y), None, None, None, None, None)
-
-
 def _setup_eval(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     x, residual, running_mean, running_var, weight, bias, eps, activation, slope, _ = inputs
     ctx.save_for_backward(x, residual, running_mean, running_var, weight, bias)
@@ -305,27 +293,31 @@ class _EvalFunction(torch.autograd.Function):
     backward = staticmethod(_backward_eval)  # type: ignore[assignment]
 
 
-class _EvalTransformFunction(torch.autograd.Function):
-    """The eval Function in the form functorch transforms require."""
-
-    @staticmethod
-    def forward(x: Tensor, residual: Tensor | None, running_mean: Tensor,  # type: ignore[override]
-                running_var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, activation: str,
-                slope: float, backend: Backend) -> Tensor:
-        return _eval(backend, x, residual, running_mean, running_var, weight, bias, eps, activation, slope)
-
-    setup_context = staticmethod(_setup_eval)
-    backward = staticmethod(_backward_eval)
-
-
 # ---------------------------------------------------------------------------------------------- entry points
 def compiling() -> bool:
     """True while torch.compile traces: then only the registered custom ops may be called."""
     return torch.compiler.is_compiling()
 
 
-def _functorch_active() -> bool:
-    return torch._C._are_functorch_transforms_active()
+def under_transform() -> bool:
+    """True inside a forward-AD level (``torch.autograd.forward_ad.dual_level``) or a functorch transform.
+
+    Then a call composes differentiable torch ops (:func:`bnlab.kernels.composed.train_for_transforms`) instead of
+    running a backend's kernels, which neither forward-mode AD nor vmap can see through. Two reads of interpreter
+    state, so the normal path pays nothing measurable.
+    """
+    return fwAD._current_level >= 0 or _functorch_active()
+
+
+# Bound once: each is read on every eager call, where attribute lookups through torch._C add up.
+_functorch_active = torch._C._are_functorch_transforms_active
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+
+
+def _batched(grad_y: Tensor) -> bool:
+    # A backward pass under vmap: functorch's (torch.func.vmap, jacrev) or the legacy one that
+    # autograd.grad(is_grads_batched=True) and gradcheck's batched-gradient check use.
+    return _functorch_active() or _legacy_batched(grad_y)
 
 
 def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight: Tensor | None,
@@ -337,8 +329,8 @@ def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight:
     if isinstance(backend, Tensor):
         y, mean, invstd, var, _, _ = train_op(x, residual, weight, bias, eps, activation, slope, save, backend)
         return y, mean, invstd, var
-    if _functorch_active():
-        return _TrainTransformFunction.apply(x, residual, weight, bias, eps, activation, slope, save, backend)[:4]
+    if under_transform():
+        return composed.train_for_transforms(x, residual, weight, bias, eps, activation, slope)
     return _TrainFunction.apply(x, residual, weight, bias, eps, activation, slope, save, backend)
 
 
@@ -348,8 +340,8 @@ def evaluate(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, runn
     """Inference-mode act(BN(x) + r) with population statistics; ``backend`` as for :func:`train`."""
     if isinstance(backend, Tensor):
         return eval_op(x, residual, running_mean, running_var, weight, bias, eps, activation, slope, backend)
-    if _functorch_active():
-        return _EvalTransformFunction.apply(x, residual, running_mean, running_var, weight, bias, eps, activation,
-                                            slope, backend)
+    if under_transform():
+        return composed.eval_for_transforms(x, residual, running_mean, running_var, weight, bias, eps, activation,
+                                            slope)
     return _EvalFunction.apply(x, residual, running_mean, running_var, weight, bias, eps, activation, slope,
                                backend)

@@ -76,7 +76,9 @@ def batch_norm_act(input: Tensor, running_mean: Tensor | None, running_var: Tens
             an ELU output within 2⁻⁵ of its saturation at −1) the call keeps x instead, so gradients stay exact.
             Small non-zero |γ| is exact in exact arithmetic; in floating point x̂ then carries an error of about
             ulp(y)/|γ| (times 1/negative_slope on leaky_relu's negative side), coarse in bfloat16 or float16:
-            prefer ``"input"`` there. Double backward needs ``"input"``.
+            prefer ``"input"`` there. Double backward needs ``"input"``. Under forward-mode AD and ``torch.func``
+            transforms (jvp, vmap, grad) the call composes torch ops and ``save`` has no effect (see
+            :mod:`bnlab._autograd`).
         backend: ``"auto"`` or a backend name, as for :func:`batch_norm`. Every backend runs every call: the
             ``native`` one composes PyTorch's ops (BN, ``+``, the activation; torch ops for a backward from y).
 

@@ -1,14 +1,14 @@
-"""What the ported PyTorch tests share: bnlab's class for each torch class, and the gaps they mark xfail.
+"""What the ported PyTorch tests share: bnlab's class for each torch class, and a state comparison.
 
 Each port runs PyTorch's own test body against bnlab's classes (and its functional form) on every backend the
-root conftest's ``backend`` fixture offers. Where a case fails today for a reason the core rewrite of issue 9 §3
-will remove, the test marks itself ``xfail(strict=True)`` with the reason below, so that it turns into a hard
-failure (XPASS strict) the moment the gap closes and the mark must go.
+root conftest's ``backend`` fixture offers. The drop-in gaps these ports found (forward AD, vmap and batched
+gradients off the native complete op; an empty channels_last batch's strides; an empty batch of another dtype)
+are closed, so no case here is marked xfail any more: a new gap gets a fix, or an ``xfail(strict=True)`` with
+its reason in the test that finds it.
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -23,64 +23,6 @@ LAZY_OF: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm3d: bnlab.LazyBatchNorm3d}
 TORCH_LAZY_OF: dict[type[nn.Module], type[nn.Module]] = {
     nn.BatchNorm1d: nn.LazyBatchNorm1d, nn.BatchNorm2d: nn.LazyBatchNorm2d, nn.BatchNorm3d: nn.LazyBatchNorm3d}
-
-#: The backend ids (as the root conftest's ``backend`` fixture names them) whose calls carry forward-mode AD and
-#: vmap today: only ATen's complete op, which brings torch's own derivative formulas and batching rules. Every
-#: other path (the reference, cpu and triton backends, and native's three-call contract that torch.compile
-#: takes) goes through a ``torch.autograd.Function`` without ``jvp`` or ``vmap``.
-FORWARD_AD_BACKENDS = frozenset({"native"})
-#: Backend ids whose *backward* cannot be vmapped (batched gradients, gradcheck's check_batched_grad) wherever
-#: batch statistics normalize (training, or eval without running statistics): the cpu and triton kernels read
-#: data pointers (through ctypes, or Triton's launcher), which a batched tensor does not have.
-BATCHED_GRAD_GAPS = frozenset({"cpu", "triton"})
-
-
-#: Drop-in gaps other than forward AD/vmap, found by the ports: (backend ids affected, reason). The fixes
-#: belong to the core (issue 9), not to the tests.
-EMPTY_BATCH_STRIDES = (
-    frozenset({"reference", "cpu", "triton", "native:contract"}),
-    "an empty channels_last batch comes back with contiguous strides (torch keeps the input's): the empty-batch "
-    "branches of bnlab/ops.py build the output with memory_format_of(x), which calls any empty tensor "
-    "contiguous; issue 9 §3 drop-in gap",
-)
-
-#: torch skips its dtype check for an empty batch (a float64 batch of 0 samples through a float32 layer works).
-EMPTY_BATCH_DTYPE = (
-    frozenset({"reference", "cpu", "triton", "native", "native:contract"}),
-    "an empty batch of another dtype than the layer (float64 input, float32 parameters) raises in "
-    "bnlab/_checks.py where torch does no dtype check: issue 9 §3 (the core engineer's item)",
-)
-
-
-def expect_gap(request: pytest.FixtureRequest, gap: tuple[frozenset[str], str]) -> None:
-    """Mark this test xfail (strict) from here on when its backend has ``gap``; call it just before the check."""
-    backends, reason = gap
-    if backend_id(request) in backends:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-def forward_ad_reason(backend_id: str) -> str:
-    return f"forward AD/vmap through the {backend_id} backend: issue 9 §3, lands after the core rewrite"
-
-
-def backend_id(request: pytest.FixtureRequest) -> str:
-    """The id of the root conftest's ``backend`` parameter (``native:contract`` included), for the gap tables."""
-    return str(request.node.callspec.params["backend"])
-
-
-def expect_forward_ad_gap(request: pytest.FixtureRequest, backend: str | None = None) -> None:
-    """Mark this test xfail (strict) when its backend has no forward AD/vmap yet; call it before the check."""
-    name = backend or backend_id(request)
-    if name not in FORWARD_AD_BACKENDS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=forward_ad_reason(name)))
-
-
-def expect_batched_grad_gap(request: pytest.FixtureRequest) -> None:
-    """Mark this test xfail (strict) when its backend's backward cannot be vmapped yet."""
-    name = backend_id(request)
-    if name in BATCHED_GRAD_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=forward_ad_reason(name)))
-
 
 def assert_same_state(ours: nn.Module, theirs: nn.Module, dtype: torch.dtype) -> None:
     """Every state_dict entry of ``ours`` equals torch's (parameters exactly, statistics within the table)."""

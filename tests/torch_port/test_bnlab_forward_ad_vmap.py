@@ -6,7 +6,7 @@ and one forward-AD error test; these tests cover what they leave out: ``torch.au
 more, where it switches to the cpu backend; a tangent on the running statistics alone (ignored, as torch does);
 ``gradcheck(check_forward_ad=True, check_batched_grad=True)``; ``torch.func.vmap`` after
 ``torch.func.replace_all_batch_norm_modules_``; and batched gradients. torch's own module, on the same data, is
-the oracle. Where a backend cannot do it yet the test is xfail(strict) (see ``torch_port.common``).
+the oracle. Under these transforms every backend composes torch ops (``bnlab._autograd.under_transform``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import bnlab
 from bnlab.kernels import resolve
 from conftest import require
 from tolerances import assert_close_to_torch
-from torch_port.common import expect_batched_grad_gap, expect_forward_ad_gap
 
 TRAINING = [pytest.param(True, id="train"), pytest.param(False, id="eval")]
 # (bnlab class, torch class, input shape): one per family, small enough for Triton's interpreter.
@@ -55,9 +54,7 @@ def _module_jvp(module: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[to
 @pytest.mark.parametrize(("cls", "torch_cls", "shape"), LAYERS)
 @pytest.mark.parametrize("training", TRAINING)
 def test_forward_ad_through_a_layer_matches_torch(backend: str, cls: type[nn.Module], torch_cls: type[nn.Module],
-                                                  shape: tuple[int, ...], training: bool,
-                                                  request: pytest.FixtureRequest) -> None:
-    expect_forward_ad_gap(request)
+                                                  shape: tuple[int, ...], training: bool) -> None:
     ours, theirs = _pair(cls, torch_cls, shape[1], backend, training)
     x, t = torch.randn(shape), torch.randn(shape)
     y, ty = _module_jvp(ours, x, t)
@@ -71,10 +68,8 @@ def test_forward_ad_through_a_layer_matches_torch(backend: str, cls: type[nn.Mod
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_func_jvp_of_the_functional_form_matches_torch(backend: str, training: bool,
-                                                       request: pytest.FixtureRequest) -> None:
+def test_func_jvp_of_the_functional_form_matches_torch(backend: str, training: bool) -> None:
     # torch.func.jvp with tangents on the input, γ and β at once.
-    expect_forward_ad_gap(request)
     x, w, b = torch.randn(5, 3, 4), torch.rand(3) + 0.5, torch.randn(3)
     mean, var = torch.randn(3), torch.rand(3) + 0.5
     tangents = (torch.randn_like(x), torch.randn_like(w), torch.randn_like(b))
@@ -98,13 +93,11 @@ AUTO_LARGE = [
 
 
 @pytest.mark.parametrize("shape", AUTO_LARGE)
-def test_auto_on_large_training_inputs_keeps_forward_ad(shape: tuple[int, ...],
-                                                        request: pytest.FixtureRequest) -> None:
+def test_auto_on_large_training_inputs_keeps_forward_ad(shape: tuple[int, ...]) -> None:
     # From 2^18 values "auto" trains on the cpu backend (asserted first, so the test says what it tests); the
     # forward-mode derivative must not depend on that choice.
     chosen = resolve("auto", torch.device("cpu"), torch.float32, torch.Size(shape).numel(), True).name
     assert chosen == "cpu", f"'auto' chose {chosen!r} for {shape}; this test is about its switch to 'cpu'"
-    expect_forward_ad_gap(request, backend=chosen)
     cls, torch_cls = (bnlab.BatchNorm2d, nn.BatchNorm2d) if len(shape) == 4 else (bnlab.BatchNorm1d, nn.BatchNorm1d)
     ours, theirs = _pair(cls, torch_cls, shape[1], "auto", True)
     x, t = torch.randn(shape), torch.randn(shape)
@@ -114,10 +107,9 @@ def test_auto_on_large_training_inputs_keeps_forward_ad(shape: tuple[int, ...],
     assert_close_to_torch(ty, ty_ref, torch.float32, "tangent")
 
 
-def test_a_tangent_on_the_running_statistics_alone_is_ignored(backend: str, request: pytest.FixtureRequest) -> None:
+def test_a_tangent_on_the_running_statistics_alone_is_ignored(backend: str) -> None:
     # Eval mode, tangents on running_mean and running_var but not on the input: torch computes the plain output
     # and gives it no tangent (with an input tangent too it is an error; see test_nn.py's port).
-    expect_forward_ad_gap(request)
     x, mean, var = torch.randn(4, 3, 5), torch.randn(3), torch.rand(3) + 0.5
     with fwAD.dual_level():
         dual_mean, dual_var = fwAD.make_dual(mean, torch.randn(3)), fwAD.make_dual(var, torch.randn(3))
@@ -129,12 +121,10 @@ def test_a_tangent_on_the_running_statistics_alone_is_ignored(backend: str, requ
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_gradcheck_with_forward_ad_and_batched_grad(backend: str, training: bool,
-                                                    request: pytest.FixtureRequest) -> None:
+def test_gradcheck_with_forward_ad_and_batched_grad(backend: str, training: bool) -> None:
     # Issue 9 §3: gradcheck(..., check_forward_ad=True, check_batched_grad=True) passes for every backend, in
     # training and in eval (float64: Triton, which has no float64, is covered by the float32 tests above).
     require(backend, torch.float64)
-    expect_forward_ad_gap(request)
     x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_()
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -148,11 +138,9 @@ def test_gradcheck_with_forward_ad_and_batched_grad(backend: str, training: bool
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_vmap_after_replace_all_batch_norm_modules(backend: str, training: bool,
-                                                   request: pytest.FixtureRequest) -> None:
+def test_vmap_after_replace_all_batch_norm_modules(backend: str, training: bool) -> None:
     # The torch.func recipe for batch norm under vmap: replace_all_batch_norm_modules_ stops the running
     # statistics (it finds bnlab's layers, which subclass torch's), then vmap runs one model per sample group.
-    expect_forward_ad_gap(request)
     ours = nn.Sequential(nn.Conv2d(2, 3, 1), bnlab.BatchNorm2d(3, backend=backend)).train(training)
     theirs = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3)).train(training)
     theirs.load_state_dict(ours.state_dict())
@@ -163,9 +151,8 @@ def test_vmap_after_replace_all_batch_norm_modules(backend: str, training: bool,
     assert_close_to_torch(torch.func.vmap(ours)(x), torch.func.vmap(theirs)(x), torch.float32, "vmapped output")
 
 
-def test_per_sample_gradients_with_vmap_of_grad(backend: str, request: pytest.FixtureRequest) -> None:
+def test_per_sample_gradients_with_vmap_of_grad(backend: str) -> None:
     # torch.func's per-sample-gradient recipe through a layer without running statistics.
-    expect_forward_ad_gap(request)
     ours = bnlab.BatchNorm1d(3, track_running_stats=False, backend=backend)
     theirs = nn.BatchNorm1d(3, track_running_stats=False)
     params = {k: v.detach() for k, v in ours.named_parameters()}
@@ -181,11 +168,9 @@ def test_per_sample_gradients_with_vmap_of_grad(backend: str, request: pytest.Fi
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_batched_gradients_of_a_layer(backend: str, training: bool, request: pytest.FixtureRequest) -> None:
+def test_batched_gradients_of_a_layer(backend: str, training: bool) -> None:
     # autograd.grad(..., is_grads_batched=True) vmaps the backward over a batch of output gradients, as
-    # jacobian() and hessian() do. Eval normalizes with running statistics, so only training meets the gap.
-    if training:
-        expect_batched_grad_gap(request)
+    # jacobian() and hessian() do: the backward of a normal forward, run with a batched grad_y.
     ours, theirs = _pair(bnlab.BatchNorm2d, nn.BatchNorm2d, 3, backend, training)
     x = torch.randn(2, 3, 4, 4)
     grads = torch.randn(7, *x.shape)  # 7 output gradients at once
@@ -199,10 +184,8 @@ def test_batched_gradients_of_a_layer(backend: str, training: bool, request: pyt
 
 
 @pytest.mark.parametrize("training", TRAINING)
-def test_forward_ad_through_a_fused_layer_matches_torch(backend: str, training: bool,
-                                                        request: pytest.FixtureRequest) -> None:
+def test_forward_ad_through_a_fused_layer_matches_torch(backend: str, training: bool) -> None:
     # BatchNormAct2d (act(BN(x) + residual)) against torch's BatchNorm2d, add and ReLU, tangents on x and r.
-    expect_forward_ad_gap(request)
     ours, theirs = _pair(bnlab.nn.BatchNormAct2d, nn.BatchNorm2d, 3, backend, training)
     x, r = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     tx, tr = torch.randn_like(x), torch.randn_like(r)

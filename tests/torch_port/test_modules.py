@@ -38,12 +38,9 @@ from conftest import require
 from tolerances import assert_close_to_torch
 from torch_port.common import (
     BNLAB_OF,
-    EMPTY_BATCH_STRIDES,
     LAZY_OF,
     TORCH_LAZY_OF,
     assert_same_state,
-    expect_batched_grad_gap,
-    expect_gap,
 )
 
 # torch's test helpers load their own hypothesis profile on import; give the rest of the suite the default back.
@@ -258,10 +255,9 @@ def _check_gradients(backend: str, subject: Subject, training: bool, check: Call
 
 @pytest.mark.parametrize("subject", PLAIN_SUBJECTS)
 @pytest.mark.parametrize("training", TRAINING)
-def test_grad(backend: str, subject: Subject, training: bool, request: pytest.FixtureRequest) -> None:
+def test_grad(backend: str, subject: Subject, training: bool) -> None:
     # TestModule.test_grad (float64 only): torch's testing gradcheck, which also checks batched gradients.
     require(backend, torch.float64)
-    expect_batched_grad_gap(request)
     _check_gradients(backend, subject, training, gradcheck)
 
 
@@ -322,17 +318,12 @@ def _assert_output_format(t: torch.Tensor, input_format: torch.memory_format) ->
 @pytest.mark.parametrize("subject", PLAIN_SUBJECTS)
 @pytest.mark.parametrize("training", TRAINING)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_memory_format(backend: str, subject: Subject, training: bool, dtype: torch.dtype,
-                       request: pytest.FixtureRequest) -> None:
+def test_memory_format(backend: str, subject: Subject, training: bool, dtype: torch.dtype) -> None:
     # TestModule.test_memory_format: every (input format, module format) pair gives the contiguous result, in the
-    # input's format, and so do the gradients in training. The empty batch comes last, after its known gap.
+    # input's format, and so do the gradients in training (an empty channels_last batch keeps its strides).
     require(backend, dtype)
-    module_inputs = sorted(_forward_inputs(subject, dtype, True, training),
-                           key=lambda mi: mi.forward_input.args[0].numel() == 0)
-    for module_input in module_inputs:
+    for module_input in _forward_inputs(subject, dtype, True, training):
         (x,) = module_input.forward_input.args
-        if x.numel() == 0 and x.dim() in (4, 5):  # the gap shows where a channels_last format exists
-            expect_gap(request, EMPTY_BATCH_STRIDES)
         input_formats, module_formats = _memory_formats(x.dim())
         c_args, c_kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
         m = subject.build(backend, c_args, c_kwargs).to(dtype).train(training)
