@@ -249,3 +249,23 @@ def test_statistics_survive_inputs_near_1e19(shape: tuple[int, ...], channels_la
     ref_m2 = ref.var * moments.count.double()
     fits = ref_m2 < torch.finfo(torch.float32).max
     torch.testing.assert_close(moments.m2.double()[fits], ref_m2[fits], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [pytest.param(False, id="nchw"), pytest.param(True, id="nhwc")])
+def test_outputs_survive_values_near_float_max(channels_last: bool) -> None:
+    # Values around 3e37: even a float sum of 16 of them (channels_last's shift) overflows. The variance itself
+    # (1e74) has no float32 value, but the output needs only 1/√(σ² + ε), which has one.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from bnlab.reference import algorithm1
+    from tests.tolerances import KERNEL_FLOOR
+
+    gen = torch.Generator().manual_seed(37)
+    x = torch.randn(4, 3, 6, 5, generator=gen)
+    x[:, 1].mul_(1e37).add_(3e37)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = algorithm1.forward_train(x.double(), None, None, 1e-5)
+    y = get_backend("cpu").forward_train(x, None, None, 1e-5).y
+    assert torch.isfinite(y).all()
+    assert (y.double() - ref.y).abs().max().item() <= KERNEL_FLOOR[torch.float32] * ref.y.abs().max().item()

@@ -354,11 +354,15 @@ void rows_moments_cl(const T* x, int64_t C, int64_t r0, int64_t r1, double* coun
   std::vector<A> shift(C, A(0)), b1(C), b2(C);
   std::vector<double> s1(C, 0.0), s2(C, 0.0);
   const int64_t head = n < SHIFT_ROWS ? n : SHIFT_ROWS;
-  {
-    std::vector<double> first(C, 0.0);  // in float64: a float sum of 16 values near float's largest overflows
-    for (int64_t r = r0; r < r0 + head; ++r)
-      for (int64_t c = 0; c < C; ++c) first[c] += double(load(x[r * C + c]));
-    for (int64_t c = 0; c < C; ++c) shift[c] = A(first[c] / double(head));
+  for (int64_t r = r0; r < r0 + head; ++r)
+    for (int64_t c = 0; c < C; ++c) shift[c] += load(x[r * C + c]);
+  for (int64_t c = 0; c < C; ++c) {
+    shift[c] /= A(head);
+    if (!std::isfinite(shift[c])) {  // the float sum of values near float's largest overflowed: again in float64
+      double first = 0;
+      for (int64_t r = r0; r < r0 + head; ++r) first += double(load(x[r * C + c]));
+      shift[c] = A(first / double(head));
+    }
   }
   A *k = shift.data(), *p1 = b1.data(), *p2 = b2.data();
   for (int64_t q0 = r0; q0 < r1; q0 += BLOCK_ROWS) {
