@@ -257,8 +257,9 @@ def test_outputs_survive_values_near_float_max(channels_last: bool) -> None:
     # (1e74) has no float32 value, but the output needs only 1/√(σ² + ε), which has one.
     if "cpu" not in available_backends("cpu"):
         pytest.skip("the cpu backend is unavailable here")
-    from bnlab.reference import algorithm1
     from tests.tolerances import KERNEL_FLOOR
+
+    from bnlab.reference import algorithm1
 
     gen = torch.Generator().manual_seed(37)
     x = torch.randn(4, 3, 6, 5, generator=gen)
