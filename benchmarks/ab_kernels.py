@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=list(_DT), default="float32")
     parser.add_argument("--fused", action="store_true", help="with a residual and ReLU")
     parser.add_argument("--reps", type=int, default=41)
+    parser.add_argument("--threads", type=int, default=None, help="OpenMP threads per call (default: torch's). "
+                        "On a loaded machine 1 is the honest choice: a team of 2 waits at its barrier for a "
+                        "preempted thread, and the medians come out in multiples of a scheduler slice")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base_text = subprocess.run(["git", "show", f"{args.base}:{SOURCE}"], cwd=ROOT, capture_output=True, text=True,
                                check=True).stdout
     dtype, code = _DT[args.dtype]
