@@ -25,10 +25,12 @@ lint: setup
 format: setup
 	@$(PY) -m ruff check --fix src tests examples benchmarks scripts
 
-## bench: the CPU benchmarks (kernels, engine overhead, folding small models and transformers' vision models,
-## SyncBatchNorm on 2 gloo processes; each against its competitor in the same run); results in benchmarks/results/
+## bench: the CPU benchmarks (kernels, engine overhead, per-call overhead, folding small models and transformers'
+## vision models, SyncBatchNorm on 2 gloo processes; each against its competitor in the same run); results in
+## benchmarks/results/. Run it on a quiet machine: the kernel suite also regenerates auto's rules
+## (src/bnlab/kernels/cpu/auto_rules.py) and the README's performance table.
 bench: setup
-	@$(PY) -m benchmarks.run --device cpu --suite quick --json benchmarks/results/cpu-quick.json
+	@$(PY) -m benchmarks.refresh
 	@$(PY) -m benchmarks.engine_overhead --json benchmarks/results/engine-overhead.json
 	@$(PY) benchmarks/fold_speedup.py --json benchmarks/results/fold-speedup.json
 	@$(PY) -m benchmarks.fold_real_models --json benchmarks/results/fold-real-models.json

@@ -43,28 +43,51 @@ def test_built_library_is_cached_by_content() -> None:
     assert built, "the library lives in the cache directory, keyed by a hash"
 
 
-def test_auto_is_size_and_mode_aware() -> None:
+# A rules table of known content, so the tests of how auto uses the rules do not move with each benchmark run.
+_RULES = {
+    ("float32", "train", "nchw"): 1 << 18,
+    ("float32", "train", "nhwc"): None,
+    ("float32", "eval", "nchw"): None,
+    ("float32", "eval", "nhwc"): None,
+    ("float32", "fused_train", "nchw"): 1 << 18,
+    ("float32", "fused_train", "nhwc"): 1 << 18,
+    ("float32", "fused_eval", "nchw"): 1 << 18,
+    ("float32", "fused_eval", "nhwc"): 1 << 18,
+    ("bfloat16", "train", "nchw"): None,
+}
+
+
+@pytest.fixture
+def known_rules(monkeypatch: pytest.MonkeyPatch):
     if "cpu" not in available_backends("cpu"):
         pytest.skip("the cpu backend is unavailable here")
+    from bnlab.kernels.cpu import auto_rules
+
+    monkeypatch.setattr(auto_rules, "MIN_NUMEL", _RULES)
+    clear_cache()  # the registry keeps its answers: ask again under these rules
+    yield
+    monkeypatch.undo()
+    clear_cache()
+
+
+@pytest.mark.usefixtures("known_rules")
+def test_auto_follows_the_measured_rules() -> None:
     cpu = torch.device("cpu")
     assert resolve("auto", cpu, torch.float32, 1 << 24, True).name == "cpu"
-    assert resolve("auto", cpu, torch.float32, 1 << 10, True).name == "native"  # small: Python overhead wins
-    assert resolve("auto", cpu, torch.float32, 1 << 24, False).name == "native"  # eval: ATen's single pass
+    assert resolve("auto", cpu, torch.float32, 1 << 10, True).name == "native"  # below the measured crossover
+    assert resolve("auto", cpu, torch.float32, 1 << 24, False).name == "native"  # eval: None, never faster
     assert resolve("cpu", cpu, torch.float32, 1 << 10, False).name == "cpu"  # an explicit choice is kept
-    assert resolve("auto", cpu, torch.float64, 1 << 24, True).name == "native"  # not preferred for float64
-    assert resolve("auto", cpu, torch.bfloat16, 1 << 24, True).name == "native"  # nor bfloat16 (0.9x ATen's)
-    # Fused eval (residual or activation): one pass against native's three, so cpu where it is large enough.
+    assert resolve("auto", cpu, torch.float64, 1 << 24, True).name == "native"  # not measured: not chosen
+    assert resolve("auto", cpu, torch.bfloat16, 1 << 24, True).name == "native"  # measured, never faster
     assert resolve("auto", cpu, torch.float32, 1 << 24, False, fused=True).name == "cpu"
     assert resolve("auto", cpu, torch.float32, 1 << 10, False, fused=True).name == "native"
-    # Plain channels_last training: ATen's vectorized kernel is as fast, so native; fused, cpu still wins.
     assert resolve("auto", cpu, torch.float32, 1 << 24, True, channels_last=True).name == "native"
     assert resolve("auto", cpu, torch.float32, 1 << 24, True, fused=True, channels_last=True).name == "cpu"
 
 
+@pytest.mark.usefixtures("known_rules")
 def test_layers_pass_their_memory_format_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Plain channels_last training stays on native (ATen's vectorized kernel is as fast there); NCHW goes to cpu.
-    if "cpu" not in available_backends("cpu"):
-        pytest.skip("the cpu backend is unavailable here")
+    # Under rules where NCHW training goes to cpu and channels_last training to native, a layer called with each.
     import bnlab
 
     ran: list[str] = []
@@ -75,12 +98,41 @@ def test_layers_pass_their_memory_format_to_auto(monkeypatch: pytest.MonkeyPatch
                             lambda self, *a, _o=original, **k: ran.append(self.name) or _o(self, *a, **k))
     monkeypatch.setattr(type(get_backend("native")), "provides_complete_op", False)  # see the contract calls
     layer = bnlab.BatchNorm2d(16)
-    x = torch.randn(64, 16, 16, 16)  # 2^18 values: the size from which auto uses cpu for training
+    x = torch.randn(64, 16, 16, 16)  # 2^18 values: the rules' crossover for training
     layer(x)
     layer(x.to(memory_format=torch.channels_last))
     assert ran == ["cpu", "native"]
 
 
+def _row(shape: tuple[int, ...], backend: str, ms: float, op: str = "fwd+bwd") -> dict[str, object]:
+    return {"kind": "bn", "op": op, "dtype": "float32", "layout": "nchw", "shape": list(shape), "backend": backend,
+            "ours_ms": ms}
+
+
+def test_rules_take_the_smallest_size_from_which_cpu_always_won() -> None:
+    from benchmarks.auto_rules import derive
+
+    rows = [  # numel 100: cpu wins; 1000: one shape loses; 10^4 and 10^5: wins -> from 10^4 on
+        _row((10, 10), "cpu", 1.0), _row((10, 10), "native", 2.0),
+        _row((10, 100), "cpu", 1.0), _row((10, 100), "native", 1.01),  # within the 2% margin: not a win
+        _row((100, 100), "cpu", 1.0), _row((100, 100), "native", 1.5),
+        _row((100, 1000), "cpu", 1.0), _row((100, 1000), "native", 1.5),
+        _row((1000, 100), "cpu", 1.0), _row((1000, 100), "native", 1.6),
+        _row((50, 20), "cpu", 1.0), _row((50, 20), "native", 3.0),  # wins, but (10, 100) of its size did not
+        _row((100, 1000), "cpu", 1.0, "eval"), _row((100, 1000), "native", 0.9, "eval"),  # largest lost: never
+    ]
+    rules = derive({"rows": rows})
+    assert rules == {("float32", "eval", "nchw"): None, ("float32", "train", "nchw"): 10_000}
+
+
+def test_committed_rules_are_those_of_the_committed_results() -> None:
+    # One place per fact: auto_rules.py is generated from benchmarks/results/cpu-full.json, never edited apart.
+    from benchmarks import auto_rules
+
+    assert auto_rules.main(["--check"]) == 0, "run python -m benchmarks.auto_rules after refreshing the results"
+
+
+@pytest.mark.usefixtures("known_rules")
 def test_fused_eval_runs_the_cpu_kernel_with_or_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     if "cpu" not in available_backends("cpu"):
         pytest.skip("the cpu backend is unavailable here")
@@ -97,7 +149,7 @@ def test_fused_eval_runs_the_cpu_kernel_with_or_without_gradients(monkeypatch: p
 
     monkeypatch.setattr(type(backend), "forward_eval", spy)
     layer = bnlab.nn.BatchNormAct2d(16, activation="relu").eval()
-    x = torch.randn(64, 16, 32, 32)  # 2^20 values: above the crossover
+    x = torch.randn(64, 16, 32, 32)  # 2^20 values: above the rules' crossover
     with torch.no_grad():
         layer(x, residual=x)
         assert calls == [1]
@@ -154,3 +206,67 @@ def test_half_types_round_as_torch_does(dtype: torch.dtype, shape: tuple[int, ..
     expected = (x.float() * torch.tensor(1 / 3)).to(dtype)
     assert torch.equal(y.float().nan_to_num(7.0), expected.float().nan_to_num(7.0))
     assert int(torch.isnan(y).sum()) == 1
+
+
+@pytest.mark.parametrize("shape, channels_last", [
+    pytest.param((4, 6, 5, 7), False, id="nchw-one-group"),
+    pytest.param((2, 3, 64, 64), False, id="nchw-several-chunks"),
+    pytest.param((4, 6, 5, 7), True, id="nhwc-one-block"),
+    pytest.param((8, 16, 16, 16), True, id="nhwc-blocks-and-threads"),
+    pytest.param((600, 5), False, id="2d"),
+])
+def test_statistics_survive_inputs_near_1e19(shape: tuple[int, ...], channels_last: bool) -> None:
+    # Issue 14: float32 values around 1e19 have squared deviations beyond float's 3.4e38; the float partial sums
+    # overflowed, the variance became inf and the output silently 0 (ATen does the same). Every other channel
+    # stays at O(1), so the float64 fallback must be per channel and leave the normal channels' numbers alone.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from tests.tolerances import KERNEL_FLOOR
+
+    from bnlab.reference import algorithm1
+
+    c = shape[1]
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(*shape, generator=gen)
+    huge = [0, c - 1] if c > 2 else [0]
+    for k in huge:
+        x.select(1, k).mul_(1e19).add_(2e19 if k == 0 else -1e19)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
+    ref = algorithm1.forward_train(x.double(), w.double(), b.double(), 1e-5)
+    cpu = get_backend("cpu")
+    out = cpu.forward_train(x, w, b, 1e-5)
+    assert torch.isfinite(out.y).all() and torch.isfinite(out.var).all()
+    scale = ref.y.abs().max().item()
+    assert (out.y.double() - ref.y).abs().max().item() <= KERNEL_FLOOR[torch.float32] * scale
+    torch.testing.assert_close(out.mean.double(), ref.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.var.double(), ref.var, rtol=1e-5, atol=1e-6)
+    # The statistics phase takes the same path. Its M2 = var·count is float32 by the contract, so it holds the
+    # huge channels' M2 only while that stays below float's largest (docs/performance.md).
+    moments = cpu.stats(x)
+    torch.testing.assert_close(moments.mean.double(), ref.mean, rtol=1e-6, atol=1e-6)
+    ref_m2 = ref.var * moments.count.double()
+    fits = ref_m2 < torch.finfo(torch.float32).max
+    torch.testing.assert_close(moments.m2.double()[fits], ref_m2[fits], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [pytest.param(False, id="nchw"), pytest.param(True, id="nhwc")])
+def test_outputs_survive_values_near_float_max(channels_last: bool) -> None:
+    # Values around 3e37: even a float sum of 16 of them (channels_last's shift) overflows. The variance itself
+    # (1e74) has no float32 value, but the output needs only 1/√(σ² + ε), which has one.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from tests.tolerances import KERNEL_FLOOR
+
+    from bnlab.reference import algorithm1
+
+    gen = torch.Generator().manual_seed(37)
+    x = torch.randn(4, 3, 6, 5, generator=gen)
+    x[:, 1].mul_(1e37).add_(3e37)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = algorithm1.forward_train(x.double(), None, None, 1e-5)
+    y = get_backend("cpu").forward_train(x, None, None, 1e-5).y
+    assert torch.isfinite(y).all()
+    assert (y.double() - ref.y).abs().max().item() <= KERNEL_FLOOR[torch.float32] * ref.y.abs().max().item()

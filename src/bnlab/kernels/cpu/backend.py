@@ -23,20 +23,25 @@ from bnlab._shapes import FLOAT_DTYPES, accumulation_dtype
 from bnlab._stats import Moments
 from bnlab.kernels._layout import NCSView
 from bnlab.kernels.base import Backend, GradSums, TrainBackward, TrainForward, empty_moments
-from bnlab.kernels.cpu import build
+from bnlab.kernels.cpu import auto_rules, build
 from bnlab.reference.fused import ACTIVATION_CODES, ELU_MIN_SLOPE
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # Below this many elements a layer runs on one thread: waking the OpenMP team costs more than it saves.
 _PARALLEL_MIN_NUMEL = 1 << 15
-# "auto" passes this backend over below this many elements, for training and for fused calls (eval with a residual
-# or an activation): the measured crossover of forward+backward on this machine (benchmarks.run, 2 threads):
-# (8, 32, 16, 16) = 65k values is slower than ATen, (256, 512) = 131k about even, 1.6M values and up faster.
-_AUTO_MIN_NUMEL = 1 << 18
-# "auto" ranks this backend above native for these dtypes only: the benchmark (benchmarks/results) shows it
-# faster there. bfloat16, float16 and float64 are supported but not chosen automatically: bfloat16 training
-# measured 0.9x of ATen's (benchmarks/results/cpu-full.md), its forward pass being the slower half.
-_PREFERRED_DTYPES = (torch.float32,)
+
+
+def _auto_call(dtype: torch.dtype, training: bool, fused: bool, channels_last: bool) -> tuple[str, str, str]:
+    """The key of :data:`auto_rules.MIN_NUMEL` for a call."""
+    call = ("fused_" if fused else "") + ("train" if training else "eval")
+    return str(dtype).removeprefix("torch."), call, "nhwc" if channels_last else "nchw"
+
+
+def _preferred(dtype: torch.dtype) -> bool:
+    """Whether some kind of call of this dtype measured faster than native: then "auto" ranks this backend first
+    (and auto_min_numel sends that dtype's other calls to native)."""
+    return any(auto_rules.MIN_NUMEL.get(_auto_call(dtype, training, fused, cl)) is not None
+               for training in (True, False) for fused in (True, False) for cl in (True, False))
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -94,18 +99,16 @@ class CpuBackend(Backend):
         return None
 
     def priority(self, device: torch.device, dtype: torch.dtype) -> int:
-        return 20 if device.type == "cpu" and dtype in _PREFERRED_DTYPES else 0
+        return 20 if device.type == "cpu" and _preferred(dtype) else 0
 
     def auto_min_numel(self, device: torch.device, dtype: torch.dtype, training: bool, fused: bool = False,
                        channels_last: bool = False) -> int:
-        # From benchmarks/results/cpu-quick.md. Wins: fused calls (BN + residual + activation in one pass against
-        # native's three) and NCHW training (ATen's statistics pass is scalar there), above the crossover below
-        # which the Python around the kernels costs more than they save. Not: plain eval, one affine pass that
-        # ATen does as well (forward_eval calls it), and plain channels_last training, where ATen's vectorized
-        # kernel is as close to the byte floor as ours (0.9x of it).
-        if fused:
-            return _AUTO_MIN_NUMEL
-        return _AUTO_MIN_NUMEL if training and not channels_last else sys.maxsize
+        # From the committed benchmark (src/bnlab/kernels/cpu/auto_rules.py, generated from
+        # benchmarks/results/cpu-full.json; docs/performance.md): where cpu was not measured faster, never.
+        if device.type != "cpu":
+            return sys.maxsize
+        threshold = auto_rules.MIN_NUMEL.get(_auto_call(dtype, training, fused, channels_last))
+        return sys.maxsize if threshold is None else threshold
 
     @staticmethod
     def _lib() -> Any:
