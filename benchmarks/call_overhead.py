@@ -42,7 +42,7 @@ def measure(shape: tuple[int, int], *, training: bool, reps: int, calls: int) ->
     for layer in layers.values():
         layer.train(training)
     x = torch.randn(*shape)
-    for name, layer in layers.items():  # warm-up: first-call registration, caches
+    for layer in layers.values():  # warm-up: first-call registration, caches
         _per_call_us(layer, x, max(calls // 10, 10))
     samples: dict[str, list[float]] = {name: [] for name in layers}
     names = list(layers)
