@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = medians["bnlab auto"] - medians["torch"]
             ratio = medians["torch"] / medians["bnlab auto"]
             mode = "train" if training else "eval"
-            print(f"{str(shape):>12} {mode:>5} {medians['torch']:9.2f} {medians['bnlab auto']:8.2f} "
+            print(f"{shape!s:>12} {mode:>5} {medians['torch']:9.2f} {medians['bnlab auto']:8.2f} "
                   f"{medians['bnlab native']:9.2f} {extra:+12.2f} {ratio:6.2f}x")
             rows.append({"shape": list(shape), "mode": mode, "median_us": medians, "extra_us": extra,
                          "ratio": ratio})
