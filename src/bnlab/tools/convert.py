@@ -13,6 +13,7 @@ back into trainable ones with the same values. These replace modules, so hooks o
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
@@ -22,14 +23,15 @@ from bnlab.nn.batchnorm_act import ActMixin
 from bnlab.nn.frozen import FrozenBatchNormBase
 from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, replace_modules
 from bnlab.tools.freeze import from_frozen, to_frozen
+from bnlab.tools.variants import VARIANT_TARGETS, VARIANT_TO_TORCH, check_variant_options, to_variant
 
 __all__ = ["convert"]
 
-TARGETS = ("bnlab", "torch", "frozen")
+TARGETS = ("bnlab", "torch", "frozen", *VARIANT_TARGETS)
 
 
 def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = None,
-            inplace: bool = False) -> torch.nn.Module:
+            inplace: bool = False, options: dict[str, Any] | None = None) -> torch.nn.Module:
     """Return ``model`` with every batch-norm module of one family replaced by the other family's.
 
     Args:
@@ -46,9 +48,14 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             converted modules ``"auto"`` and leaves bnlab modules already in the model as they are.
         inplace: convert ``model`` itself instead of a deep copy. A root that is itself replaced (a single
             batch-norm layer converted to or from frozen) is returned as a new module either way.
+        options: with ``to="renorm"`` or ``"ghost"`` (plain torch or bnlab batch norm → ``BatchRenorm*d`` /
+            ``GhostBatchNorm*d``, keeping every parameter, buffer and hyper-parameter): the variant's settings,
+            ``{"r_max": ..., "d_max": ...}`` (default 3 and 5) or ``{"virtual_batch_size": ...}`` (required).
+            ``to="torch"`` turns the variants back into torch's plain classes.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
+    check_variant_options(to, options)
     if to != "bnlab" and backend is not None:
         raise ValueError(f"backend applies to to='bnlab' only: {to} layers do not choose a backend")
     if backend is not None:
@@ -64,10 +71,15 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
                 f"instead"
             )
     root = model if inplace else copy.deepcopy(model)
+    if to in VARIANT_TARGETS:
+        for module in root.modules():
+            if type(module) in TORCH_TO_BNLAB or type(module) in BNLAB_TO_TORCH:
+                to_variant(module, to, options or {}, backend)
+        return root
     root = _replace_frozen(root, to, backend)
     if to == "frozen":
         return root
-    mapping = TORCH_TO_BNLAB if to == "bnlab" else BNLAB_TO_TORCH
+    mapping = TORCH_TO_BNLAB if to == "bnlab" else {**BNLAB_TO_TORCH, **VARIANT_TO_TORCH}
     for module in root.modules():
         target = mapping.get(type(module))
         if target is not None:
