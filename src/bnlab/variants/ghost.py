@@ -51,7 +51,8 @@ class _Part:
         return ungrouped.reshape(self.groups * self.size, channels, *spatial)
 
     def repeat(self, v: Tensor | None) -> Tensor | None:
-        return None if v is None or self.groups == 1 else v.repeat(self.groups)
+        """A per-channel vector (γ or β) for the (size, groups·C, *S) layout: repeated once per ghost batch."""
+        return v if v is None or self.groups == 1 else v.repeat(self.groups)
 
 
 class GhostCall(VariantCall):
@@ -91,8 +92,7 @@ class GhostCall(VariantCall):
             mom = backend.stats(xp)
             mean, var = _stats.mean_var(mom)
             invstd = torch.rsqrt(var + self.eps)
-            outputs.append(part.give(backend.elemt(xp, mean, invstd, part.repeat(weight) if weight is not None
-                                                   else None, part.repeat(bias) if bias is not None else None),
+            outputs.append(part.give(backend.elemt(xp, mean, invstd, part.repeat(weight), part.repeat(bias)),
                                      channels))
             moments.append((mom.mean, mom.m2, mom.count))
             self.saved.append((mean, invstd, mom.count))
@@ -107,8 +107,7 @@ class GhostCall(VariantCall):
         dbias = torch.zeros_like(dweight)
         for part, (mean, invstd, count) in zip(self._parts(x), self.saved, strict=True):
             xp, dyp = part.take(x), part.take(grad_y)
-            w = part.repeat(weight) if weight is not None else None
-            b = part.repeat(bias) if bias is not None else None
+            w, b = part.repeat(weight), part.repeat(bias)
             sums = backend.backward_reduce(dyp, xp, mean, invstd, w, b)
             dx, _ = backend.backward_elemt(dyp, xp, mean, invstd, w, b, sums, count)
             dxs.append(part.give(dx, channels))
