@@ -59,8 +59,8 @@ def ghost(x: Tensor, rm: Tensor, rv: Tensor, w: Tensor, b: Tensor, eps: float, m
     return y, (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * var
 
 
-def masked(x: Tensor, mask: Tensor, rm: Tensor, rv: Tensor, w: Tensor, b: Tensor, eps: float,
-           momentum: float) -> tuple[Tensor, Tensor, Tensor]:
+def masked(x: Tensor, rm: Tensor, rv: Tensor, w: Tensor, b: Tensor, eps: float, momentum: float,
+           mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Statistics of the valid positions (x[n, :, l] where mask[n, l]) normalize every position."""
     valid = x.permute(1, 0, 2)[:, mask]  # (C, number of valid positions)
     mu, var = valid.mean(1), valid.var(1, unbiased=False)
@@ -70,13 +70,15 @@ def masked(x: Tensor, mask: Tensor, rm: Tensor, rv: Tensor, w: Tensor, b: Tensor
 
 
 def reference_step(fn: Callable[..., tuple[Tensor, Tensor, Tensor]], x: Tensor, grad_y: Tensor,
-                   module: torch.nn.Module, **kwargs: object) -> Step:
-    """Run ``fn`` in float64 on the module's parameters and statistics (before its step) and differentiate it."""
+                   module: torch.nn.Module, momentum: float | None = None, **kwargs: object) -> Step:
+    """Run ``fn`` in float64 on the module's parameters and statistics (before its step) and differentiate it.
+
+    ``momentum``: the averaging factor of this step, default the module's (give 1/t for ``momentum=None``)."""
     x64 = x.detach().double().requires_grad_()
     w = module.weight.detach().double().requires_grad_()
     b = module.bias.detach().double().requires_grad_()
     y, rm, rv = fn(x64, module.running_mean.double(), module.running_var.double(), w, b, module.eps,
-                   module.momentum, **kwargs)
+                   module.momentum if momentum is None else momentum, **kwargs)
     y.backward(grad_y.double())
     assert x64.grad is not None and w.grad is not None and b.grad is not None
     return Step(y.detach(), x64.grad, w.grad, b.grad, rm, rv)

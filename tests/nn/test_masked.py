@@ -40,7 +40,7 @@ def test_training_matches_the_float64_reference(backend: str, shape: tuple[int, 
         x[~mask.unsqueeze(1).expand_as(x)] = 1e3  # padding far from the data: it must not reach the statistics
         grad_y = torch.randn(shape)
         momentum = layer.momentum if layer.momentum is not None else 1.0 / (step + 1)
-        ref = reference_step(lambda *a, **k: masked(a[0], mask, *a[1:6], momentum), x, grad_y, layer)
+        ref = reference_step(masked, x, grad_y, layer, momentum, mask=mask)
         ours = module_step(layer, x, grad_y, mask)
         assert_step_close(ours, ref, what=f"step {step}")
 
@@ -81,7 +81,7 @@ def test_half_inputs_keep_float32_statistics(backend: str) -> None:
         require(backend, dtype)
         layer = _layer(3, backend)
         x, grad_y = make_input((4, 3, 8), "contiguous", dtype), torch.randn(4, 3, 8, dtype=dtype)
-        ref = reference_step(lambda *a, **k: masked(a[0], mask, *a[1:]), x, grad_y, layer)
+        ref = reference_step(masked, x, grad_y, layer, mask=mask)
         ours = module_step(layer, x, grad_y, mask)
         assert ours.y.dtype == dtype and layer.running_mean.dtype == torch.float32
         assert_step_close(ours, ref, dtype, what=str(dtype))
