@@ -19,6 +19,7 @@ from bnlab.functional import normalize_with_running_then_update, run
 from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
 from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy, UpdateGuard, check_batch_policies, small_batch_error
+from bnlab.variants.convention import check_convention
 
 __all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "drop_bnlab_state", "module_forward"]
 
@@ -109,6 +110,8 @@ class BackendMixin:
     #: the running statistics (nn/policy.py: SMALL_BATCH, NON_FINITE); the defaults are torch's behaviour.
     small_batch: str = "error"
     non_finite: str = "propagate"
+    #: Whose batch-norm rules training follows (docs/compat.md): "torch", "keras" or "flax" (bnlab.variants.convention).
+    convention: str = "torch"
     #: The backend as a small integer tensor (bnlab.kernels.registry.name_id), on the CPU, outside the state_dict:
     #: what a compiled graph reads instead of the name.
     backend_id: Tensor
@@ -116,9 +119,11 @@ class BackendMixin:
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, bias: bool = True,
-                 backend: str = "auto", small_batch: str = "error", non_finite: str = "propagate") -> None:
+                 backend: str = "auto", small_batch: str = "error", non_finite: str = "propagate",
+                 convention: str = "torch") -> None:
         registry.check_backend_name(backend)
         check_batch_policies(small_batch, non_finite)
+        check_convention(convention)
         # Recent torch takes bias=False (γ without β); pass it only when asked, so older torch still works.
         extra = {} if bias else {"bias": False}
         super().__init__(num_features, eps, momentum, affine, track_running_stats,  # type: ignore[call-arg]
@@ -128,6 +133,11 @@ class BackendMixin:
             self.small_batch = small_batch
         if non_finite != "propagate":
             self.non_finite = non_finite
+        if convention != "torch":
+            if type(self) not in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
+                raise ValueError(f"convention={convention!r} applies to the plain layers (bnlab.BatchNorm1d/2d/3d), "
+                                 f"not to {type(self).__name__}")
+            self.convention = convention
 
     @property
     def backend(self) -> str:
@@ -150,11 +160,16 @@ class BackendMixin:
         return self.stats_policy.update_stats
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.convention != "torch":
+            from bnlab.nn.variant import convention_forward  # (nn.variant imports this module)
+
+            return convention_forward(self, input)
         return module_forward(self, input)
 
     def extra_repr(self) -> str:
         policies = "".join(f", {name}={getattr(self, name)!r}" for name, default in
-                           (("small_batch", "error"), ("non_finite", "propagate")) if getattr(self, name) != default)
+                           (("small_batch", "error"), ("non_finite", "propagate"), ("convention", "torch"))
+                           if getattr(self, name) != default)
         return f"{super().extra_repr()}, backend={self.backend!r}{policies}"  # type: ignore[misc]
 
     def __prepare_scriptable__(self) -> Any:
@@ -166,7 +181,8 @@ class BackendMixin:
 
 def drop_bnlab_state(module: torch.nn.Module) -> None:
     """Forget what a bnlab layer holds beyond torch's (backend, policy), once its class is torch's again."""
-    for name in ("_bnlab_backend", "backend_id", "stats_policy", "small_batch", "non_finite", "batches_skipped",
+    for name in ("_bnlab_backend", "backend_id", "stats_policy", "small_batch", "non_finite", "convention",
+                 "batches_skipped",
                  "_bnlab_warned_non_finite", "r_max", "d_max", "virtual_batch_size"):
         module.__dict__.pop(name, None)
 
@@ -189,7 +205,9 @@ class BatchNorm1d(BackendMixin, torch.nn.BatchNorm1d):
         and the running statistics are updated from the valid count; in eval the mask changes nothing.
         """
         if mask is None:
-            return module_forward(self, input)
+            return BackendMixin.forward(self, input)
+        if self.convention != "torch":
+            raise ValueError(f"a mask with convention={self.convention!r} is not supported; use convention='torch'")
         from bnlab.nn.variant import masked_forward  # (nn.variant imports this module)
 
         return masked_forward(self, input, mask)

@@ -23,9 +23,10 @@ from bnlab.kernels.base import Backend
 from bnlab.nn.batchnorm import module_forward
 from bnlab.nn.policy import FOLLOW_MODE, UpdateGuard, small_batch_error
 from bnlab.variants.call import VariantCall, train
+from bnlab.variants.convention import BiasedVarianceCall
 from bnlab.variants.masked import MaskedCall, check_mask
 
-__all__ = ["masked_forward", "variant_forward"]
+__all__ = ["convention_forward", "masked_forward", "variant_forward"]
 
 
 def variant_forward(module: Any, input: Tensor, make_call: Callable[[Tensor | None], VariantCall]) -> Tensor:
@@ -40,7 +41,10 @@ def variant_forward(module: Any, input: Tensor, make_call: Callable[[Tensor | No
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
     update = module.track_running_stats and running_mean is not None and running_var is not None
     chosen: Backend | Tensor
-    if input.numel() == input.shape[1]:  # one value per channel
+    counter = module.num_batches_tracked if update else None
+    call = make_call(None if counter is None else counter.clone())
+    single = input.numel() == input.shape[1]  # one value per channel
+    if single and call.min_values > 1:
         if module.small_batch != "running" or not update:
             raise small_batch_error(type(module).__name__, tuple(input.shape))
         check_batch_norm_args(input, running_mean, running_var, weight, bias, False, module.eps)
@@ -48,9 +52,7 @@ def variant_forward(module: Any, input: Tensor, make_call: Callable[[Tensor | No
             module._bnlab_backend, input, False, False)
         return run(chosen, input, running_mean, running_var, weight, bias, False, 0.0, module.eps)
     check_batch_norm_args(input, running_mean if update else None, running_var if update else None, weight, bias,
-                          True, module.eps)
-    counter = module.num_batches_tracked if update else None
-    call = make_call(None if counter is None else counter.clone())
+                          not single, module.eps)
     call.check(input)
     if torch.compiler.is_compiling():
         chosen = module.backend_id
@@ -77,3 +79,8 @@ def masked_forward(module: Any, input: Tensor, mask: Tensor) -> Tensor:
     training = module.training and module.stats_policy.normalize_with != "running"
     check_mask(input, mask, training, type(module).__name__)
     return variant_forward(module, input, lambda step: MaskedCall(module.eps, mask))
+
+
+def convention_forward(module: Any, input: Tensor) -> Tensor:
+    """The forward of a plain layer with ``convention="keras"`` or ``"flax"``: the running variance averages σ²_B."""
+    return variant_forward(module, input, lambda step: BiasedVarianceCall(module.eps))

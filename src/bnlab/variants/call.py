@@ -33,6 +33,9 @@ __all__ = ["VariantCall", "affine", "train"]
 class VariantCall(ABC):
     """One training call of a batch-norm variant; see the module docstring. ``eps``: ε added to variances."""
 
+    #: The fewest values per channel a training batch may have (Keras and Flax allow one: σ²_B = 0).
+    min_values = 2
+
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
