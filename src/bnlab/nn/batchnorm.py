@@ -49,7 +49,7 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         if module.small_batch == "running" and running_mean is not None and running_var is not None:
             use_batch_stats = update = False
         else:
-            raise small_batch_error(type(module).__name__, tuple(input.shape))
+            raise small_batch_error(type(module).__name__, input.shape)
     if use_batch_stats and not update:
         running_mean = running_var = None
     check_batch_norm_args(input, running_mean, running_var, weight, bias, use_batch_stats or update, module.eps)

@@ -98,9 +98,9 @@ def check_batch_policies(small_batch: object, non_finite: object) -> None:
         raise ValueError(f"non_finite must be one of {NON_FINITE}, got {non_finite!r}")
 
 
-def small_batch_error(layer: str, shape: tuple[int, ...]) -> ValueError:
+def small_batch_error(layer: str, shape: torch.Size) -> ValueError:
     return ValueError(
-        f"{layer}: Expected more than 1 value per channel when training, got input size {list(shape)}: a variance "
+        f"{layer}: Expected more than 1 value per channel when training, got input size {shape}: a variance "
         f"needs at least 2 values. Remedies: a batch of 2 or more; .eval() to use the running statistics; "
         f"small_batch='running' on this layer to normalize such batches with the running statistics"
     )

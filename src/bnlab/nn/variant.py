@@ -46,7 +46,7 @@ def variant_forward(module: Any, input: Tensor, make_call: Callable[[Tensor | No
     single = input.numel() == input.shape[1]  # one value per channel
     if single and call.min_values > 1:
         if module.small_batch != "running" or not update:
-            raise small_batch_error(type(module).__name__, tuple(input.shape))
+            raise small_batch_error(type(module).__name__, input.shape)
         check_batch_norm_args(input, running_mean, running_var, weight, bias, False, module.eps)
         chosen = module.backend_id if torch.compiler.is_compiling() else registry.resolve_for(
             module._bnlab_backend, input, False, False)
