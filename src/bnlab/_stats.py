@@ -126,7 +126,8 @@ def advance(num_batches_tracked: Tensor, momentum: float | None) -> float | Tens
 
 
 def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None, batch_mean: Tensor,
-                         batch_var: Tensor, values_per_channel: int | Tensor, factor: float | Tensor) -> None:
+                         batch_var: Tensor, values_per_channel: int | Tensor, factor: float | Tensor, *,
+                         unbiased: bool = False) -> None:
     """Fold one batch's statistics into the running buffers, in place.
 
     Args:
@@ -136,13 +137,15 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
         values_per_channel: m, the number of values each channel's statistics were taken over: an int, or a (C,)
             tensor (a masked batch counts per channel; a channel with count 0 keeps its running values).
         factor: the momentum (a float) or the cumulative-average factor 1/t (a 0-d tensor).
+        unbiased: ``batch_var`` is already an unbiased variance (ghost batch norm's mean of its ghost batches'
+            unbiased variances): stored as it is, without Bessel's factor.
     """
     if isinstance(values_per_channel, Tensor):
         _update_counted(running_mean, running_var, batch_mean, batch_var, values_per_channel, factor)
         return
     if values_per_channel == 0:
         return
-    bessel = values_per_channel / (values_per_channel - 1)
+    bessel = 1.0 if unbiased else values_per_channel / (values_per_channel - 1)
     with torch.no_grad():
         if running_mean is not None:
             _ema_(running_mean, batch_mean, factor, 1.0)

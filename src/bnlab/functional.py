@@ -23,13 +23,16 @@ from bnlab._checks import check_act_args, check_batch_norm_args, check_momentum,
 from bnlab._shapes import accumulation_dtype, values_per_channel
 from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
+from bnlab.variants.call import train as variant_train
+from bnlab.variants.masked import MaskedCall, check_mask
 
 __all__ = ["batch_norm", "batch_norm_act", "choose", "run"]
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5, *, backend: str = "auto") -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, *, backend: str = "auto",
+               mask: Tensor | None = None) -> Tensor:
     """Batch normalization of ``input`` (N, C, *) per channel, like ``torch.nn.functional.batch_norm``.
 
     In training (``training=True``) the input is normalized with its own mini-batch statistics, the mean μ_B and
@@ -47,13 +50,24 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         eps: ε added to the variance. Default 1e-5.
         backend: ``"auto"`` (the fastest correct backend here, or ``$BNLAB_BACKEND``) or a name from
             :func:`bnlab.available_backends`.
+        mask: None, or a boolean (N, L) tensor for an (N, C, L) input, True at valid positions (masked batch norm,
+            :mod:`bnlab.variants.masked`): in training the statistics are those of the valid positions (at least
+            2), every position is normalized with them and the running update uses the valid count; in
+            evaluation the mask changes nothing.
 
     Returns:
         A tensor with the input's shape, dtype and memory format (channels_last stays channels_last).
     """
     check_momentum(momentum)
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    if mask is not None:
+        check_mask(input, mask, training)
     chosen = choose(backend, input, training)
+    if mask is not None and training and input.numel():
+        call = MaskedCall(eps, mask)
+        y = variant_train(call, chosen, input, weight, bias)
+        call.update(running_mean, running_var, momentum)
+        return y
     return run(chosen, input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 

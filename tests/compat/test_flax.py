@@ -192,3 +192,22 @@ def test_bad_flax_inputs_are_clear_errors(linen: ModuleType) -> None:
         compat.from_flax({**variables, "params": {"scale": np.ones(4), "bias": np.zeros(3)}}, input_rank=2)
     note = compat.from_flax(variables, linen.BatchNorm(axis_name="batch"), input_rank=2).notes
     assert any("axis_name is dropped" in n for n in note)
+
+
+@pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
+def test_a_ported_module_with_the_flax_convention_trains_as_flax(linen: ModuleType, shape: tuple[int, ...],
+                                                                  axis: int) -> None:
+    # convention="flax": the module's running variance averages σ²_B as Flax's does; everything matches.
+    bn = linen.BatchNorm(momentum=0.9, epsilon=1e-5, axis=axis)
+    variables = random_variables(shape[axis])
+    ported = compat.from_flax(variables, bn, input_rank=len(shape))
+    ported.module.convention = "flax"
+    xs = batches(shape, axis)
+    for step, x in enumerate(xs):
+        ours = run_module(ported, x, train=True)
+        theirs, variables = flax_step(bn, variables, x, True)
+        assert_within(ours, theirs, FLOAT32_TOL, f"step {step}: training output")
+        assert_within(ported.module.running_mean, variables["batch_stats"]["mean"], FLOAT32_TOL, f"step {step}: mean")
+        assert_within(ported.module.running_var, variables["batch_stats"]["var"], FLOAT32_TOL, f"step {step}: var")
+    assert_within(run_module(ported, xs[0], train=False), flax_step(bn, variables, xs[0], False)[0], FLOAT32_TOL,
+                  "inference after training")

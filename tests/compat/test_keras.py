@@ -215,3 +215,22 @@ def test_bad_keras_layers_are_clear_errors(keras: ModuleType) -> None:
         compat.to_keras(bnlab_nn.BatchNorm2d(3, momentum=None))
     with pytest.raises(ValueError, match="track_running_stats"):
         compat.to_keras(bnlab_nn.BatchNorm2d(3, track_running_stats=False))
+
+
+@pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
+def test_a_ported_layer_with_the_keras_convention_trains_as_keras(keras: ModuleType, shape: tuple[int, ...],
+                                                                   axis: int) -> None:
+    # convention="keras" makes the module's moving variance Keras's (σ²_B averaged): outputs and both moving
+    # statistics then match Keras over several steps and in inference afterwards.
+    layer = make_layer(keras, shape, axis)
+    ported = compat.from_keras(layer)
+    ported.module.convention = "keras"
+    xs = batches(shape, axis)
+    for step, x in enumerate(xs):
+        ours, theirs = run_module(ported, x, train=True), keras_call(layer, x, True)
+        assert_within(ours, theirs, FLOAT32_TOL, f"step {step}: training output")
+        keras_now = weights_by_name(layer)
+        assert_within(ported.module.running_mean, keras_now["moving_mean"], FLOAT32_TOL, f"step {step}: mean")
+        assert_within(ported.module.running_var, keras_now["moving_variance"], FLOAT32_TOL, f"step {step}: var")
+    assert_within(run_module(ported, xs[0], train=False), keras_call(layer, xs[0], False), FLOAT32_TOL,
+                  "inference after training")

@@ -109,6 +109,8 @@ FINDINGS = [
                  "bn_after_dropout", "warning", "2", id="dropout-before-bn"),
     pytest.param(lambda: (_calibrated(nn.Sequential(nn.BatchNorm1d(5, momentum=0.99)), _vectors()), _vectors()),
                  "keras_momentum", "warning", "0", id="keras-momentum"),
+    pytest.param(lambda: (_calibrated(nn.Sequential(nn.BatchNorm1d(5, eps=1e-3)), _vectors()), _vectors()),
+                 "foreign_convention", "warning", "0", id="keras-eps"),
     pytest.param(lambda: (_calibrated(_Reused(), _vectors()), _vectors()), "bn_reused", "warning", "bn",
                  id="reused-module"),
     pytest.param(_unconverged, "stats_not_converged", "error", "0", id="not-converged"),
@@ -408,3 +410,40 @@ def test_the_html_page_is_self_contained_and_escapes_names() -> None:
     assert page.startswith("<!DOCTYPE html>") and "&lt;b&gt;&amp;bn" in page and "<b>&bn" not in page
     assert "<script" not in page and "src=" not in page and "href=" not in page  # nothing to fetch
     assert 'id="stats_mismatch"' in page and 'id="gap-chart"' in page and 'id="effect-chart"' in page
+
+
+# ---------------------------------------------------------------------------------- the batch-norm family
+def test_few_values_recommends_renorm_and_ghost_batches_with_numbers() -> None:
+    model = _calibrated(nn.Sequential(nn.BatchNorm1d(5)), _vectors(64, 4))
+    (few,) = [f for f in doctor(model, _vectors(64, 4)).findings if f.code == "few_values_per_channel"]
+    assert few.evidence["ghost_virtual_batch_size"] == 32  # one value per sample: 32 samples per ghost batch
+    assert few.evidence["renorm_r_max"] == 3.0 and few.evidence["renorm_d_max"] == 5.0
+    assert "to='renorm'" in few.fix and "'virtual_batch_size': 32" in few.fix and "18% of σ" in few.fix
+
+
+def test_non_finite_statistics_name_the_non_finite_policy() -> None:
+    model, data = _non_finite()
+    (bad,) = [f for f in doctor(model, data).findings if f.code == "stats_non_finite"]
+    assert "non_finite='skip_update'" in bad.fix
+
+
+@pytest.mark.parametrize(("make", "sign"), [
+    pytest.param(lambda: nn.BatchNorm1d(5, eps=1e-3), "eps=1e-3", id="keras-eps"),
+    pytest.param(lambda: _darknet_start(nn.BatchNorm1d(5)), "darknet's start", id="darknet-running-var"),
+])
+def test_a_foreign_convention_left_on_a_layer_is_recognised(make: Callable[[], nn.Module], sign: str) -> None:
+    model = nn.Sequential(make()).eval()
+    (found,) = [f for f in doctor(model, _vectors()).findings if f.code == "foreign_convention"]
+    assert sign in found.message and found.layer == "0"
+
+
+def test_a_layer_with_the_keras_convention_set_is_not_flagged_for_its_eps() -> None:
+    model = _calibrated(nn.Sequential(bnlab.BatchNorm1d(5, eps=1e-3, momentum=0.01, convention="keras")),
+                        _vectors())
+    assert not [f for f in doctor(model, _vectors()).findings if f.code == "foreign_convention"]
+
+
+def _darknet_start(layer: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    with torch.no_grad():
+        layer.running_var.zero_()
+    return layer

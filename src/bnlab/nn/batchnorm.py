@@ -18,7 +18,8 @@ from bnlab._shapes import INPUT_RANKS
 from bnlab.functional import normalize_with_running_then_update, run
 from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
-from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy
+from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy, UpdateGuard, check_batch_policies, small_batch_error
+from bnlab.variants.convention import check_convention
 
 __all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "assign_backend", "drop_bnlab_state",
            "module_forward"]
@@ -45,6 +46,11 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         use_batch_stats, update = policy.decide(use_batch_stats, update,
                                                 running_mean is not None and running_var is not None,
                                                 type(module).__name__)
+    if use_batch_stats and input.shape[1] and input.numel() == input.shape[1]:  # one value per channel
+        if module.small_batch == "running" and running_mean is not None and running_var is not None:
+            use_batch_stats = update = False
+        else:
+            raise small_batch_error(type(module).__name__, input.shape)
     recomputed = update and _stats.is_recomputation()
     if recomputed and running_mean is not None and running_var is not None:
         # A forward recomputed by activation checkpointing normalizes again but must not count the batch twice:
@@ -66,17 +72,26 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
         chosen = registry.resolve_for(module._bnlab_backend, input, use_batch_stats,
                                       residual is not None or activation != "identity")
     factor: float | Tensor = 0.0
+    guard = None
     if update:
         factor = 0.0 if module.momentum is None else module.momentum
         counter = module.num_batches_tracked
+        if module.non_finite != "propagate":
+            guard = UpdateGuard(module, running_mean, running_var, counter)
         if counter is not None:
             # (On a recomputation the counter is copied too: what the copies are updated with is thrown away.)
             factor = _stats.advance(counter.clone() if recomputed else counter, module.momentum)
         if not use_batch_stats:
-            return normalize_with_running_then_update(chosen, input, running_mean, running_var, weight, bias,
-                                                      factor, module.eps, residual, activation, slope)
-    return run(chosen, input, running_mean, running_var, weight, bias, use_batch_stats, factor, module.eps,
-               residual, activation, slope, save)
+            y = normalize_with_running_then_update(chosen, input, running_mean, running_var, weight, bias,
+                                                   factor, module.eps, residual, activation, slope)
+            if guard is not None:
+                guard.settle()
+            return y
+    y = run(chosen, input, running_mean, running_var, weight, bias, use_batch_stats, factor, module.eps,
+            residual, activation, slope, save)
+    if guard is not None:
+        guard.settle()
+    return y
 
 
 # A leaf for torch.fx: a traced graph calls this with the module itself, so .train()/.eval() on the traced
@@ -98,6 +113,12 @@ class BackendMixin:
     activation: str = "identity"
     negative_slope: float = 0.01
     save: str = "input"
+    #: What a training batch with one value per channel does, and what a batch with non-finite statistics does to
+    #: the running statistics (nn/policy.py: SMALL_BATCH, NON_FINITE); the defaults are torch's behaviour.
+    small_batch: str = "error"
+    non_finite: str = "propagate"
+    #: Whose batch-norm rules training follows (docs/compat.md): "torch", "keras" or "flax" (bnlab.variants.convention).
+    convention: str = "torch"
     #: The backend as a small integer tensor (bnlab.kernels.registry.name_id), on the CPU, outside the state_dict:
     #: what a compiled graph reads instead of the name.
     backend_id: Tensor
@@ -105,13 +126,25 @@ class BackendMixin:
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, bias: bool = True,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", small_batch: str = "error", non_finite: str = "propagate",
+                 convention: str = "torch") -> None:
         registry.check_backend_name(backend)
+        check_batch_policies(small_batch, non_finite)
+        check_convention(convention)
         # Recent torch takes bias=False (γ without β); pass it only when asked, so older torch still works.
         extra = {} if bias else {"bias": False}
         super().__init__(num_features, eps, momentum, affine, track_running_stats,  # type: ignore[call-arg]
                          device, dtype, **extra)
         self.backend = backend
+        if small_batch != "error":  # the defaults stay class attributes (a converted torch layer has them too)
+            self.small_batch = small_batch
+        if non_finite != "propagate":
+            self.non_finite = non_finite
+        if convention != "torch":
+            if type(self) not in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
+                raise ValueError(f"convention={convention!r} applies to the plain layers (bnlab.BatchNorm1d/2d/3d), "
+                                 f"not to {type(self).__name__}")
+            self.convention = convention
 
     @property
     def backend(self) -> str:
@@ -132,10 +165,17 @@ class BackendMixin:
         return self.stats_policy.update_stats
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.convention != "torch":
+            from bnlab.nn.variant import convention_forward  # (nn.variant imports this module)
+
+            return convention_forward(self, input)
         return module_forward(self, input)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"  # type: ignore[misc]
+        policies = "".join(f", {name}={getattr(self, name)!r}" for name, default in
+                           (("small_batch", "error"), ("non_finite", "propagate"), ("convention", "torch"))
+                           if getattr(self, name) != default)
+        return f"{super().extra_repr()}, backend={self.backend!r}{policies}"  # type: ignore[misc]
 
     def __prepare_scriptable__(self) -> Any:
         # torch.jit.script calls this on every submodule before compiling: say plainly what to use instead of
@@ -153,18 +193,36 @@ def assign_backend(module: object, name: str) -> None:
 
 def drop_bnlab_state(module: torch.nn.Module) -> None:
     """Forget what a bnlab layer holds beyond torch's (backend, policy), once its class is torch's again."""
-    for name in ("_bnlab_backend", "backend_id", "stats_policy"):
+    for name in ("_bnlab_backend", "backend_id", "stats_policy", "small_batch", "non_finite", "convention",
+                 "batches_skipped",
+                 "_bnlab_warned_non_finite", "r_max", "d_max", "virtual_batch_size"):
         module.__dict__.pop(name, None)
 
 
 class BatchNorm1d(BackendMixin, torch.nn.BatchNorm1d):
     """Batch norm over (N, C) or (N, C, L) input: statistics per feature C over N (and L).
 
-    Same arguments and defaults as :class:`torch.nn.BatchNorm1d`, plus the keyword ``backend``: ``"auto"``
-    or a name from :func:`bnlab.available_backends`.
+    Same arguments and defaults as :class:`torch.nn.BatchNorm1d`, plus the keywords ``backend`` (``"auto"`` or a
+    name from :func:`bnlab.available_backends`), ``small_batch`` and ``non_finite`` (:mod:`bnlab.nn.policy`);
+    ``forward(input, mask=None)`` takes a padding mask.
     """
 
     _bnlab_ranks = INPUT_RANKS[1]
+
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Batch norm of ``input``; with ``mask``, masked batch norm (padded sequences).
+
+        ``mask``: None, or a boolean (N, L) tensor for an (N, C, L) input, True at valid positions. In training the
+        statistics are taken over the valid positions only (at least 2), every position is normalized with them,
+        and the running statistics are updated from the valid count; in eval the mask changes nothing.
+        """
+        if mask is None:
+            return BackendMixin.forward(self, input)
+        if self.convention != "torch":
+            raise ValueError(f"a mask with convention={self.convention!r} is not supported; use convention='torch'")
+        from bnlab.nn.variant import masked_forward  # (nn.variant imports this module)
+
+        return masked_forward(self, input, mask)
 
 
 class BatchNorm2d(BackendMixin, torch.nn.BatchNorm2d):

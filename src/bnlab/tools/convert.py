@@ -39,10 +39,11 @@ from bnlab.nn.sync import (
 )
 from bnlab.tools._layers import BNLAB_TO_TORCH, FROZEN_OF, TORCH_TO_BNLAB, replace_modules
 from bnlab.tools.freeze import from_frozen, to_frozen
+from bnlab.tools.variants import VARIANT_TARGETS, VARIANT_TO_TORCH, check_variant_options, to_variant
 
 __all__ = ["convert"]
 
-TARGETS = ("bnlab", "torch", "frozen", "sync")
+TARGETS = ("bnlab", "torch", "frozen", "sync", *VARIANT_TARGETS)
 #: The attribute where a layer converted to sync keeps the class it had, for the way back.
 CONVERTED_FROM = "_bnlab_converted_from"
 #: Header keys are the qualified names' CRC-32 below 2**20 (nn/sync_exchange.py: exact in float32).
@@ -50,7 +51,8 @@ _KEY_MASK = (1 << 20) - 1
 
 
 def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = None,
-            inplace: bool = False, process_group: Any = None) -> torch.nn.Module:
+            inplace: bool = False, process_group: Any = None,
+            options: dict[str, Any] | None = None) -> torch.nn.Module:
     """Return ``model`` with every batch-norm module of one family replaced by the other family's.
 
     Args:
@@ -71,9 +73,14 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
         process_group: with ``to="sync"``, the group whose processes share statistics (None: the default group).
         inplace: convert ``model`` itself instead of a deep copy. A root that is itself replaced (a single
             batch-norm layer converted to or from frozen) is returned as a new module either way.
+        options: with ``to="renorm"`` or ``"ghost"`` (plain torch or bnlab batch norm → ``BatchRenorm*d`` /
+            ``GhostBatchNorm*d``, keeping every parameter, buffer and hyper-parameter): the variant's settings,
+            ``{"r_max": ..., "d_max": ...}`` (default 3 and 5) or ``{"virtual_batch_size": ...}`` (required).
+            ``to="torch"`` turns the variants back into torch's plain classes.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {TARGETS}, got {to!r}")
+    check_variant_options(to, options)
     if to not in ("bnlab", "sync") and backend is not None:
         raise ValueError(f"backend applies to to='bnlab' or 'sync' only: {to} layers do not choose a backend")
     if to != "sync" and process_group is not None:
@@ -93,12 +100,17 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
     root = model if inplace else copy.deepcopy(model)
     if to == "sync":
         return _to_sync(root, backend, process_group)
+    if to in VARIANT_TARGETS:
+        for module in root.modules():
+            if type(module) in TORCH_TO_BNLAB or type(module) in BNLAB_TO_TORCH:
+                to_variant(module, to, options or {}, backend)
+        return root
     _from_sync(root, to, backend)
     root = _replace_frozen(root, to, backend)
     if to == "frozen":
         return root
     mapping = ({**TORCH_TO_BNLAB, TorchBatchNormNd: BatchNormNd} if to == "bnlab"
-               else {**BNLAB_TO_TORCH, BatchNormNd: TorchBatchNormNd})
+               else {**BNLAB_TO_TORCH, **VARIANT_TO_TORCH, BatchNormNd: TorchBatchNormNd})
     for module in root.modules():
         target = mapping.get(type(module))
         if target is not None:

@@ -239,13 +239,34 @@ def few_values(obs: LayerObservation) -> list[Finding]:
         evidence["batches_with_one_value"] = ones
     noisy = ("there is no batch variance at all (training would fail: a variance needs two values)" if m == 1 else
              f"batch statistics are noisy (the standard error of μ_B is {1 / math.sqrt(m):.0%} of σ)")
+    # The remedies with this layer's numbers: renorm's bounds, and the ghost-batch size that reaches the warning
+    # line if larger batches can be had (each ghost batch then has FEW_VALUES_WARNING values per channel).
+    per_sample = obs.values_per_sample
+    evidence["renorm_r_max"], evidence["renorm_d_max"] = 3.0, 5.0
+    if per_sample:
+        evidence["ghost_virtual_batch_size"] = math.ceil(FEW_VALUES_WARNING / per_sample)
     return [_finding(
         "few_values_per_channel", severity, obs.name,
         f"a typical batch gives this layer only {m} value(s) per channel: {noisy}, so training normalizes with "
         f"noisy statistics and the running averages are noisy too",
         evidence,
         f"standard error of μ_B {1 / math.sqrt(m):.0%} of σ" + (f"; {ones} batch(es) of one value" if ones else ""),
+        _few_values_fix(m, per_sample),
     )]
+
+
+def _few_values_fix(m: int, per_sample: int | None) -> str:
+    steps = [f"batch renorm (bnlab.convert(model, to='renorm'); r_max 3, d_max 5 after bnlab.nn.renorm_schedule's "
+             f"warm-up) keeps training consistent with inference at {m} value(s) per channel"]
+    if per_sample:
+        v = math.ceil(FEW_VALUES_WARNING / per_sample)
+        steps.append(f"with larger batches, ghost batch norm (bnlab.convert(model, to='ghost', options="
+                     f"{{'virtual_batch_size': {v}}})) normalizes over ghost batches of {v * per_sample} values "
+                     f"per channel (standard error {1 / math.sqrt(v * per_sample):.0%} of σ) while regularizing")
+    if m == 1:
+        steps.insert(0, "small_batch='running' on bnlab layers normalizes batches of one value per channel with the "
+                        "running statistics instead of failing")
+    return "; ".join(steps) + f"; or {KINDS['few_values_per_channel'].fix}"
 
 
 def keras_momentum(name: str, module: NormLayer) -> list[Finding]:
@@ -263,6 +284,30 @@ def keras_momentum(name: str, module: NormLayer) -> list[Finding]:
         f"use momentum={round(1 - momentum, 6)} (Keras' {momentum} in PyTorch's convention), and recalibrate the "
         f"statistics of the trained model with bnlab.tools.recalibrate",
     )]
+
+
+#: Signs of another framework's settings: Keras's default ε, and darknet's running variance, which starts at 0.
+KERAS_EPS = 1e-3
+
+
+def foreign_convention(name: str, module: NormLayer) -> list[Finding]:
+    """ε = 1e-3 (Keras's default) or an all-zero running variance on a layer never trained (darknet's start)."""
+    signs: list[str] = []
+    evidence: Evidence = {}
+    if math.isclose(module.eps, KERAS_EPS) and getattr(module, "convention", "torch") == "torch":
+        signs.append("eps=1e-3, Keras's default (PyTorch's is 1e-5)")
+        evidence["eps"] = float(module.eps)
+    if has_running_stats(module):
+        mean, var = running_stats(module)
+        if bool((var == 0).all()) and bool((mean == 0).all()):
+            signs.append("a running variance of 0 in every channel, darknet's start (PyTorch starts at 1): in eval "
+                         "this layer divides by √ε")
+            evidence["running_var_max"] = 0.0
+    if not signs:
+        return []
+    evidence["signs"] = len(signs)
+    return [_finding("foreign_convention", "warning", name,
+                     f"settings of another framework's batch norm: {'; '.join(signs)}", evidence, "; ".join(signs))]
 
 
 def after_dropout(obs: LayerObservation, variance_ratio: float | None) -> list[Finding]:

@@ -74,6 +74,7 @@ def _examine(model: nn.Module, held: list[Any], per_batch: list[Tensor] | None, 
             # Frozen layers use no batch statistics and update nothing: batch size, momentum and reuse are moot.
             findings += checks.few_values(obs)
             findings += checks.keras_momentum(name, module)
+            findings += checks.foreign_convention(name, module)
             findings += checks.reused(obs)
         findings += checks.after_dropout(obs, dropout_ratios.get(name))
         findings += checks.bias_before(obs)

@@ -39,7 +39,8 @@ KINDS: dict[str, Kind] = {
     "stats_non_finite": Kind(
         "error", "running statistics are NaN, infinite or negative", "channels_bad", "bad channels",
         f"find the step where training diverged (a NaN loss, float16 overflow), then recompute the statistics with "
-        f"{RECALIBRATE}"),
+        f"{RECALIBRATE}; to keep one bad batch from poisoning them again, build the bnlab layers with "
+        f"non_finite='skip_update' (the update of such a batch is skipped and counted) or non_finite='error'"),
     "stats_never_updated": Kind(
         "error or info", "running statistics were never updated", "num_batches_tracked", "batches tracked",
         f"recalibrate the statistics ({RECALIBRATE}), or check that the training loop calls model.train() and that "
@@ -56,9 +57,16 @@ KINDS: dict[str, Kind] = {
     "few_values_per_channel": Kind(
         "warning or error", "too few values per channel for batch statistics", "values_per_channel",
         "values/channel",
-        "train with larger batches (if these batches are like the training batches), or use GroupNorm/LayerNorm, "
-        "or keep the statistics fixed while fine-tuning (bnlab.tools.freeze or bnlab.convert(model, to='frozen'))",
+        "train with larger batches (if these batches are like the training batches); or batch renorm, which "
+        "corrects each batch towards the running statistics (bnlab.convert(model, to='renorm'), with "
+        "bnlab.nn.renorm_schedule's warm-up); or GroupNorm/LayerNorm; or keep the statistics fixed while "
+        "fine-tuning (bnlab.tools.freeze or bnlab.convert(model, to='frozen')); a batch of one value per channel "
+        "in training is normalized with the running statistics by small_batch='running' on bnlab layers",
         higher_is_worse=False),
+    "foreign_convention": Kind(
+        "warning", "another framework's batch-norm convention left on the layer", "signs", "signs",
+        "translate the setting to PyTorch's convention (bnlab.compat converts Keras and Flax layers; "
+        "docs/compat.md has the table), or train with convention='keras' / 'flax' on bnlab layers"),
     "keras_momentum": Kind(
         "warning", "momentum in the Keras convention", "momentum", "momentum",
         "use momentum = 1 − (the Keras value), e.g. 0.01 for Keras' 0.99, and recalibrate the statistics of the "

@@ -39,6 +39,7 @@ class LayerObservation:
     biased_producers: dict[str, float] = field(default_factory=dict)  # conv/linear name → mean |bias|
     dropouts_upstream: dict[str, float] = field(default_factory=dict)  # dropout name → p
     non_finite: list[int] = field(default_factory=list)  # batches (0-based) whose input here had NaN or inf
+    values_per_sample: int | None = None  # values per channel one sample gives (the spatial size), once seen
 
 
 @dataclass
@@ -84,6 +85,8 @@ def observe(model: nn.Module, batches: list[Any], forward: Forward) -> tuple[dic
             return
         x = args[0]
         calls[obs.name] = calls.get(obs.name, 0) + 1
+        if x.dim() >= 2 and x.shape[0] and x.shape[1]:
+            obs.values_per_sample = x[0].numel() // x.shape[1]
         if first_size[0] is None:
             first_size[0] = x.shape[0]
         if not gather(obs.inputs, x, obs.name):
