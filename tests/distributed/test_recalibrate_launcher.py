@@ -12,9 +12,9 @@ import torch
 
 from bnlab.tools import recalibrate
 from distributed.launcher import require_gloo
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
-import distributed_worker as w
+from tools import (
+    distributed_worker as w,  # not a sys.path entry: tests/tools/conftest.py would shadow tests/conftest.py
+)
 
 
 def test_recalibrate_under_torchrun_equals_one_process(tmp_path: Path) -> None:
