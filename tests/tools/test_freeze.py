@@ -167,5 +167,5 @@ def test_convert_to_frozen_inplace_and_of_a_single_layer() -> None:
 def test_convert_to_frozen_refuses_layers_without_statistics() -> None:
     with pytest.raises(ValueError, match="track_running_stats=False"):
         bnlab.convert(torch.nn.Sequential(torch.nn.BatchNorm1d(3, track_running_stats=False)), to="frozen")
-    with pytest.raises(ValueError, match="backend applies to to='bnlab' only"):
+    with pytest.raises(ValueError, match="backend applies to to='bnlab' or 'sync' only"):
         bnlab.convert(_model(), to="frozen", backend="native")
