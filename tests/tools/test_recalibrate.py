@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -192,23 +194,23 @@ def test_bad_input(model: nn.Module, batches: object, error: type[Exception], ma
         recalibrate(model.eval(), batches)  # type: ignore[arg-type]
 
 
-def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
-    """Each of two processes sees part of the data; all-reduced, both end with the statistics of all of it."""
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _run_two_workers(tmp_path: Path, suffix: str, *extra: str, timeout: float = 120) -> list[Path]:
+    """Start distributed_worker.py as ranks 0 and 1 on gloo; both must exit 0 within ``timeout`` seconds."""
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("this PyTorch build has no gloo backend for torch.distributed")
-    worker = Path(__file__).with_name("distributed_worker.py")
-    sys.path.insert(0, str(worker.parent))
-    try:
-        import distributed_worker as w
-    finally:
-        sys.path.pop(0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(tmp_path / "store"), str(outs[r])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    outs = [tmp_path / f"rank{r}.{suffix}" for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(tmp_path / "store"), str(outs[r]),
+                               *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
     try:
-        for p in procs:
-            output, _ = p.communicate(timeout=120)
+        for r, p in enumerate(procs):
+            try:
+                output, _ = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"rank {r} did not finish within {timeout} s: a process waits for its peer (a hang)")
             assert p.returncode == 0, output.decode()[-2000:]
     finally:
         # On a timeout or a failed rank the other worker would wait for its peer forever: end both.
@@ -216,6 +218,17 @@ def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    return outs
+
+
+def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
+    """Each of two processes sees part of the data; all-reduced, both end with the statistics of all of it."""
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import distributed_worker as w
+    finally:
+        sys.path.pop(0)
+    outs = _run_two_workers(tmp_path, "pt")
     results = [torch.load(o, weights_only=True) for o in outs]
     for mode in ("pooled", "paper", "cumulative"):
         single = w.model()
@@ -225,6 +238,33 @@ def test_two_processes_on_gloo_agree_with_one_process(tmp_path: Path) -> None:
             for key, value in single.state_dict().items():
                 torch.testing.assert_close(results[r][mode]["state"][key], value, rtol=1e-5, atol=1e-6,
                                            msg=lambda m, key=key, mode=mode: f"{mode} {key}: {m}")
+
+
+NAN_ON_RANK_1 = (r"^batch 1 \(samples 7 to 9; both counted from 0\) of process 1 \(of 2\) gives non-finite "
+                 r"statistics at layer '1': channel\(s\) 0, 1, 2 of 3 \(channel 0: mean nan, variance nan\)")
+
+
+def test_an_error_on_one_process_is_raised_by_every_process_instead_of_a_hang(tmp_path: Path) -> None:
+    """Rank 1's data holds a NaN (then, a batch of one value per channel); rank 0's is clean. Before, rank 1
+    raised and rank 0 waited in the all-gather forever. Now the error travels in that same collective: both
+    raise it (the same NonFiniteBatchError, naming the process, the batch and the layer), both models are left
+    as they were, and a later recalibration still works, so the processes' collectives stayed in step."""
+    outs = _run_two_workers(tmp_path, "json", "failures", timeout=55)
+    ranks = [json.loads(o.read_text()) for o in outs]
+    for mode in MODES:
+        for r in range(2):
+            kind, message, unchanged = ranks[r][f"nan/{mode}"]
+            assert kind == "NonFiniteBatchError" and re.match(NAN_ON_RANK_1, message), (r, mode, message)
+            assert unchanged, (r, mode)
+        assert ranks[0][f"nan/{mode}"] == ranks[1][f"nan/{mode}"]
+    assert ranks[1]["one-sample/pooled"][:2] == ["ValueError", "layer '1' got a batch of shape (1, 3, 1, 1), which "
+                                                 "has 1 value per channel: a variance needs at least 2; use batches "
+                                                 "of 2 or more samples"]
+    kind, message, unchanged = ranks[0]["one-sample/pooled"]
+    assert kind == "RuntimeError" and message.startswith(
+        "process 1 (of 2) failed while recalibrating, at batch 1 (samples 7 to 7; both counted from 0)"), message
+    assert unchanged and ranks[1]["one-sample/pooled"][2]
+    assert ranks[0]["afterwards"] == ranks[1]["afterwards"] == [5, 29]
 
 
 def test_merging_means_and_variances_weighs_them_and_refuses_the_pooled_estimate() -> None:

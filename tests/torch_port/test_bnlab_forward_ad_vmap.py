@@ -195,3 +195,13 @@ def test_forward_ad_through_a_fused_layer_matches_torch(backend: str, training: 
         (y, ty), (y_ref, ty_ref) = fwAD.unpack_dual(y), fwAD.unpack_dual(y_ref)
     assert_close_to_torch(y, y_ref, torch.float32, "primal")
     assert_close_to_torch(ty, ty_ref, torch.float32, "tangent")
+
+
+def test_vmap_through_the_default_layer_at_2_18_values_per_call() -> None:
+    # Issue 14, from the user's side: vmap through the default ("auto") layer failed from 2^18 values, where
+    # "auto" trains on the cpu backend; each of the 2 vmapped calls sees (64, 4, 32, 32) = 2^18 values.
+    ours = bnlab.BatchNorm2d(4, track_running_stats=False)
+    theirs = nn.BatchNorm2d(4, track_running_stats=False)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 64, 4, 32, 32)
+    assert_close_to_torch(torch.func.vmap(ours)(x), torch.func.vmap(theirs)(x), torch.float32, "vmapped output")

@@ -36,7 +36,16 @@ _SHOWN_CHANNELS = 4  # channels named in a NonFiniteBatchError; the rest are cou
 
 
 class NonFiniteBatchError(ValueError):
-    """A batch whose mean or variance at a batch-norm layer is NaN or infinite; the message names both."""
+    """A batch whose mean or variance at a batch-norm layer is NaN or infinite; the message names both.
+
+    ``layer`` (its name in the model), ``mean`` and ``var`` ((C,) each, the statistics refused) are kept so that
+    the same error can be rebuilt elsewhere (on every process of a distributed recalibration).
+    """
+
+    def __init__(self, message: str, *, layer: str = "", mean: Tensor | None = None,
+                 var: Tensor | None = None) -> None:  # defaults: so that the error pickles
+        super().__init__(message)
+        self.layer, self.mean, self.var = layer, mean, var
 
 
 def check_finite_statistics(mean: Tensor, var: Tensor, layer: str, batch: str) -> None:
@@ -45,19 +54,27 @@ def check_finite_statistics(mean: Tensor, var: Tensor, layer: str, batch: str) -
     ``batch`` describes the batch for the message (e.g. "batch 3 (samples 96 to 127)"); ``layer`` is the
     batch-norm layer's name in the model.
     """
+    error = non_finite_error(mean, var, layer, batch)
+    if error is not None:
+        raise error
+
+
+def non_finite_error(mean: Tensor, var: Tensor, layer: str, batch: str) -> NonFiniteBatchError | None:
+    """The :class:`NonFiniteBatchError` that :func:`check_finite_statistics` raises, or None if all is finite."""
     bad = ~(torch.isfinite(mean) & torch.isfinite(var))
     if not bool(bad.any()):
-        return
+        return None
     channels = bad.nonzero().flatten().tolist()
     first = channels[0]
     shown = ", ".join(map(str, channels[:_SHOWN_CHANNELS]))
     if len(channels) > _SHOWN_CHANNELS:
         shown += f" and {len(channels) - _SHOWN_CHANNELS} more"
     where = f"layer {layer!r}" if layer else "a batch-norm layer"
-    raise NonFiniteBatchError(
+    return NonFiniteBatchError(
         f"{batch or 'a batch'} gives non-finite statistics at {where}: channel(s) {shown} of {bad.numel()} (channel "
         f"{first}: mean {float(mean[first]):.3g}, variance {float(var[first]):.3g}); NaN or infinity reached the "
-        f"layer (from the data, or from the layers before it) or its values' squares overflow: fix or drop that batch"
+        f"layer (from the data, or from the layers before it) or its values' squares overflow: fix or drop that batch",
+        layer=layer, mean=mean.detach().clone(), var=var.detach().clone(),
     )
 
 

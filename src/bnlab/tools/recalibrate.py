@@ -22,7 +22,9 @@ The first two are computed from each layer's inputs in float64 (:mod:`bnlab.tool
 
 Only the batch-norm layers run in training mode; every other module is in eval mode (dropout off), because the
 statistics are for the network as it runs at inference. When ``torch.distributed`` is initialised the sums are
-combined, so every process ends with the statistics of all processes' batches.
+combined, so every process ends with the statistics of all processes' batches. A process that meets an error
+(a non-finite batch, a bad batch) still takes part in that one collective, carrying the error in it, so that
+every process raises the same error instead of the others waiting for it forever.
 
 This is the one tool that changes the caller's model, in place: its running statistics (and batch counts).
 Modes and momenta are restored in a ``finally`` block, and on error the statistics are too; a statistics policy
@@ -42,12 +44,22 @@ from bnlab.nn.batchnorm import BackendMixin
 from bnlab.nn.policy import FOLLOW_MODE, policy_override
 from bnlab.tools._batches import Forward, default_forward, take
 from bnlab.tools._layers import batch_norm_layers, has_running_stats, is_uninitialized, running_stats
-from bnlab.tools._population import PopulationAccumulator, check_finite_statistics
+from bnlab.tools._population import (
+    NonFiniteBatchError,
+    PopulationAccumulator,
+    check_finite_statistics,
+    non_finite_error,
+)
 
 __all__ = ["MODES", "Recalibration", "recalibrate"]
 
 MODES = ("pooled", "paper", "cumulative")
 Layers = list[tuple[str, _BatchNorm]]
+# What each process sends ahead of its layers' sums: its batch and sample counts, then its failure, if any:
+# its kind, the index of the layer that refused a non-finite batch (-1 otherwise), and that batch's index,
+# first sample and size.
+_HEADER = 7
+_OK, _NON_FINITE, _OTHER = 0, 1, 2
 
 
 class Recalibration(NamedTuple):
@@ -105,6 +117,7 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
                        for name, m in layers]
             if mode == "cumulative":
                 handles += [m.register_forward_hook(counter.checker(name, m)) for name, m in layers]
+            failure: _Failure | None = None
             try:
                 with torch.no_grad():
                     for batch in iterator:
@@ -112,10 +125,16 @@ def recalibrate(model: nn.Module, batches: Iterable[Any], *, num_batches: int | 
                         run(model, batch)
                         counter.batches += 1
                         counter.samples += counter.first_size or 0
+                        counter.first_size = None  # so that an error fetching the next batch names no size
+            except Exception as error:
+                if not _distributed():
+                    raise
+                # The other processes will wait for this one in _gather's collective: go there with the error.
+                failure = _Failure(error, counter.batches, counter.samples, counter.first_size or 0)
             finally:
                 for h in handles:
                     h.remove()
-            totals = _gather(layers, accumulators, mode, [counter.batches, counter.samples])
+            totals = _gather(layers, accumulators, mode, [counter.batches, counter.samples], failure)
             report = _write(layers, accumulators, saved, mode, totals)
             ok = True
             return report
@@ -135,8 +154,7 @@ class _Counter:
 
     def batch(self) -> str:
         """The batch being fed, for messages: its index and its samples, counted from 0 in the order fed."""
-        last = self.samples + (self.first_size or 1) - 1
-        return f"batch {self.batches} (samples {self.samples} to {last}; both counted from 0)"
+        return _describe_batch(self.batches, self.samples, self.first_size or 0)
 
     def recorder(self, accumulator: PopulationAccumulator, name: str, mode: str) -> Any:
         def record(module: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -157,6 +175,19 @@ class _Counter:
             mean, var = running_stats(layer)
             check_finite_statistics(mean, var, name, self.batch())
         return check
+
+
+def _describe_batch(index: int, first: int, size: int) -> str:
+    return f"batch {index} (samples {first} to {first + max(size, 1) - 1}; both counted from 0)"
+
+
+class _Failure(NamedTuple):
+    """An error this process met while feeding its batches, and the batch it met it at."""
+
+    error: Exception
+    batch: int
+    first: int  # the batch's first sample, counted from 0 over this process's batches
+    size: int
 
 
 class _Saved:
@@ -204,17 +235,38 @@ def _prepare(model: nn.Module, layers: Layers, mode: str) -> None:
             module.momentum = 0.0
 
 
-def _gather(layers: Layers, accumulators: dict[str, PopulationAccumulator],
-            mode: str, totals: list[int]) -> list[int]:
-    """Combine every layer's accumulator (and the batch and sample totals) over the processes, if there are
-    several. Each process receives all processes' sums and merges them in rank order, so all end equal."""
+def _distributed() -> bool:
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _layer_size(module: _BatchNorm, mode: str) -> int:
+    """Values a layer takes in a process's message: [t, samples, mean, var] for "cumulative", else packed()."""
+    return 2 + 2 * module.num_features if mode == "cumulative" else 3 + 4 * module.num_features
+
+
+def _gather(layers: Layers, accumulators: dict[str, PopulationAccumulator],
+            mode: str, totals: list[int], failure: _Failure | None = None) -> list[int]:
+    """Combine every layer's accumulator (and the batch and sample totals) over the processes, if there are
+    several. Each process receives all processes' sums and merges them in rank order, so all end equal.
+
+    One collective carries everything, the processes' failures too: if any process failed, every process raises
+    the error of the first (lowest-ranked) one that did (:func:`_raise_failure`) and nothing is merged."""
+    if not _distributed():
         return totals
+    dist = torch.distributed
     device = running_stats(layers[0][1])[0].device
-    parts = [torch.tensor(totals, dtype=torch.float64, device=device)]
-    for name, module in layers:
-        if mode == "cumulative":
+    refused = _refused_layer(layers, failure)
+    header = [*totals, _OK, -1, 0, 0, 0]
+    if failure is not None:
+        header[2:] = [_OTHER if refused < 0 else _NON_FINITE, refused, failure.batch, failure.first, failure.size]
+    parts = [torch.tensor(header, dtype=torch.float64, device=device)]
+    for index, (name, module) in enumerate(layers):
+        if index == refused:
+            # In place of this layer's sums (never merged: every process raises), the statistics it refused.
+            assert failure is not None and isinstance(failure.error, NonFiniteBatchError)
+            parts.append(_refused_part(failure.error, module, mode, device))
+        elif mode == "cumulative":
             # Each process holds the plain mean of its own t batches; they combine weighted by t.
             acc = accumulators[name]
             counts = torch.tensor([acc.batches, acc.samples], dtype=torch.float64, device=device)
@@ -224,21 +276,62 @@ def _gather(layers: Layers, accumulators: dict[str, PopulationAccumulator],
     mine = torch.cat(parts)
     everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
+    for rank, flat in enumerate(everyone):
+        if round(float(flat[2])) != _OK:
+            _raise_failure(rank, flat, layers, mode, failure)
     grand = torch.stack(everyone).sum(0)[:2]
     for name, _ in layers:
         accumulators[name] = PopulationAccumulator()
     for flat in everyone:
-        offset = 2
+        offset = _HEADER
         for name, module in layers:
-            channels = module.num_features
-            size = 2 + 2 * channels if mode == "cumulative" else 3 + 4 * channels
+            size = _layer_size(module, mode)
             chunk = flat[offset:offset + size]
             offset += size
             if mode == "cumulative":
-                _merge_cumulative(accumulators[name], chunk, channels)
+                _merge_cumulative(accumulators[name], chunk, module.num_features)
             else:
-                accumulators[name].merge_packed(chunk, channels)
+                accumulators[name].merge_packed(chunk, module.num_features)
     return [round(v) for v in grand.tolist()]
+
+
+def _refused_layer(layers: Layers, failure: _Failure | None) -> int:
+    """The index of the layer that refused a non-finite batch in ``failure``; -1 for any other failure."""
+    if failure is None or not isinstance(failure.error, NonFiniteBatchError) or failure.error.mean is None:
+        return -1
+    names = [name for name, _ in layers]
+    return names.index(failure.error.layer) if failure.error.layer in names else -1
+
+
+def _refused_part(error: NonFiniteBatchError, module: _BatchNorm, mode: str, device: torch.device) -> Tensor:
+    """A layer's slot in the message, holding the refused mean and variance where the sums would be."""
+    assert error.mean is not None and error.var is not None
+    part = torch.zeros(_layer_size(module, mode), dtype=torch.float64, device=device)
+    start = 2 if mode == "cumulative" else 3
+    part[start:start + 2 * module.num_features] = torch.cat([error.mean, error.var]).double().to(device)
+    return part
+
+
+def _raise_failure(rank: int, flat: Tensor, layers: Layers, mode: str, failure: _Failure | None) -> None:
+    """Raise, on every process alike, the failure that process ``rank`` sent in ``flat`` (its message)."""
+    world = torch.distributed.get_world_size()
+    kind, refused, batch, first, size = (round(v) for v in flat[2:_HEADER].tolist())
+    where = f"{_describe_batch(batch, first, size)} of process {rank} (of {world})"
+    own = None if failure is None else failure.error
+    if kind == _NON_FINITE:
+        name, module = layers[refused]
+        start = _HEADER + sum(_layer_size(m, mode) for _, m in layers[:refused]) + (2 if mode == "cumulative" else 3)
+        channels = module.num_features
+        error = non_finite_error(flat[start:start + channels], flat[start + channels:start + 2 * channels], name,
+                                 where)
+        if error is not None:
+            raise error from own
+    if own is not None and rank == torch.distributed.get_rank():
+        raise own
+    raise RuntimeError(
+        f"process {rank} (of {world}) failed while recalibrating, at {where}; every process stops and leaves its "
+        f"model as it was: that process's own error says why"
+    ) from own
 
 
 def _merge_cumulative(acc: PopulationAccumulator, chunk: Tensor, channels: int) -> None:
