@@ -9,6 +9,7 @@ rounding stays far below the tolerance). A layer that is not plain batch norm (`
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -206,6 +207,20 @@ def test_convert_sync_batchnorm_refuses_fused_and_switched_layers_and_changes_no
         nn.SyncBatchNorm.convert_sync_batchnorm(switched)
     plain = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bnlab.BatchNorm2d(3), nn.BatchNorm1d(2)))
     assert [type(m) for m in plain] == [nn.SyncBatchNorm, nn.SyncBatchNorm]
+
+
+@pytest.mark.parametrize("layer", [
+    pytest.param(lambda: bnlab.nn.BatchRenorm2d(3), id="renorm"),
+    pytest.param(lambda: bnlab.nn.GhostBatchNorm2d(3, virtual_batch_size=2), id="ghost"),
+    pytest.param(lambda: bnlab.BatchNorm2d(3, convention="keras"), id="keras-convention"),
+])
+def test_convert_sync_batchnorm_refuses_the_family_and_changes_nothing(layer: Any) -> None:
+    # torch's converter would make each a plain SyncBatchNorm, dropping how it normalizes or updates in training.
+    model = nn.Sequential(bnlab.BatchNorm2d(3), layer())
+    kind = type(model[1])
+    with pytest.raises(NotImplementedError, match=f"cannot take '1': {kind.__name__}"):
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(model[0]) is bnlab.BatchNorm2d and type(model[1]) is kind
 
 
 def test_install_twice_wraps_once() -> None:

@@ -40,6 +40,8 @@ from torch import nn
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.batchnorm_act import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from bnlab.nn.ghost import GhostMixin
+from bnlab.nn.renorm import RenormMixin
 from bnlab.nn.sync import SyncBatchNorm
 
 __all__ = ["FUSER_METHOD_MAPPING", "fx_fuse", "install"]
@@ -60,6 +62,12 @@ def not_plain_batch_norm(module: nn.Module, *, for_inference: bool) -> str | Non
     if isinstance(module, ACT_CLASSES):
         return (f"{type(module).__name__} applies activation={getattr(module, 'activation', '?')!r} "
                 f"(and may add a residual) after batch norm")
+    if not for_inference:  # in eval mode renorm and ghost batch norm are batch norm; in training they are not
+        if isinstance(module, (RenormMixin, GhostMixin)):
+            return f"{type(module).__name__} normalizes its training batches otherwise than batch norm"
+        convention = getattr(module, "convention", "torch")
+        if convention != "torch":
+            return f"{type(module).__name__} follows convention={convention!r} in training"
     normalize_with, update_stats = getattr(module, "normalize_with", None), getattr(module, "update_stats", None)
     if for_inference and normalize_with != "batch" and not update_stats:
         return None
