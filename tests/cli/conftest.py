@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -63,3 +64,18 @@ def tool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ToolDi
     folder = ToolDir(tmp_path)
     yield folder
     sys.modules.pop(folder.module, None)
+
+
+#: The console script pip installed next to this interpreter (issue 14: CLI tests run the installed command).
+INSTALLED_BNLAB = Path(sys.executable).with_name("bnlab")
+
+
+def run_installed(argv: list[str], timeout: float = 300) -> int:
+    """``bnlab ARGV`` as the installed console script, in a fresh process in the current folder; its stdout and
+    stderr are passed on to this process's (so ``capsys`` reads them) and its exit code returned."""
+    command = [str(INSTALLED_BNLAB)] if INSTALLED_BNLAB.exists() else [
+        sys.executable, "-c", "import sys; from bnlab.cli import main; sys.exit(main())"]
+    done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode

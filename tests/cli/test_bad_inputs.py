@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlab.cli import main
+from cli.conftest import run_installed as main  # the installed command, in its own process
 
 if TYPE_CHECKING:
     from cli.conftest import ToolDir
