@@ -110,6 +110,11 @@ def test_two_processes_draw_the_curves_of_one_process(two_process_run: Path, tmp
                  ["RuntimeError: a bug (injected)",
                   "bnlab: error: rank 1 of 2 failed with the exception above (a bug in bnlab: please report it)"],
                  id="bug"),
+    # Rank 1 says nothing, rank 0 loses its connection (not a cause): the launcher's own words, then one line.
+    pytest.param("os.kill(os.getpid(), 9)", 2,
+                 ["bnlab: error: the run on 2 processes failed (exit code 1) without a rank saying why (a rank killed "
+                  "by a signal, e.g. for lack of memory, takes its peers' connections with it); the launcher's "
+                  "output is above"], id="killed"),
 ])
 def test_a_failure_on_one_rank_ends_every_rank_with_one_message(action: str, code: int, expected: list[str],
                                                                   tmp_path: Path) -> None:
@@ -120,11 +125,14 @@ def test_a_failure_on_one_rank_ends_every_rank_with_one_message(action: str, cod
     seconds = time.monotonic() - start
     assert done.returncode == code, done.stderr[-4000:]
     lines = done.stderr.strip().splitlines()
-    if code == 2:  # a user error: that one line and nothing else (not the launcher's report, nor rank 0's)
-        assert lines == expected
-    else:  # a bug: the failing rank's traceback, then one line
-        assert lines[0] == "Traceback (most recent call last):" and lines[-2:] == expected, done.stderr
-    assert "ChildFailedError" not in done.stderr and "torch.distributed" not in done.stderr
+    if "kill" in action:
+        assert lines[-1:] == expected and "local_rank: 1" in done.stderr, done.stderr
+    else:
+        if code == 2:  # a user error: that one line and nothing else (not the launcher's report, nor rank 0's)
+            assert lines == expected
+        else:  # a bug: the failing rank's traceback, then one line
+            assert lines[0] == "Traceback (most recent call last):" and lines[-2:] == expected, done.stderr
+        assert "ChildFailedError" not in done.stderr and "torch.distributed" not in done.stderr
     assert seconds < FAILURE_BOUND_S
 
 

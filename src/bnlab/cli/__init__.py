@@ -70,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException as err:
             if not (watch.seen or isinstance(err, KeyboardInterrupt)):
                 if not isinstance(err, SystemExit):
-                    import traceback
-
-                    _record_rank_failure(traceback.format_exc(), user_error=False)
+                    _record_rank_bug(err)
                 raise  # SystemExit from argparse (--help, usage errors), or a bug: as it is
             watch.seen = True
         watch.quiet = True  # from here a Ctrl-C is only noted: what is left is saying how it ended
@@ -92,6 +90,17 @@ def _record_rank_failure(text: str, *, user_error: bool) -> None:
         from bnlab.lab.rank_failures import record_failure
 
         record_failure(text, user_error=user_error)
+
+
+def _record_rank_bug(err: BaseException) -> None:
+    """An unexpected exception in a rank: its traceback, unless it is a lost connection to a peer that failed."""
+    if "BNLAB_NPROC" in os.environ:
+        import traceback
+
+        from bnlab.lab.rank_failures import lost_connection
+
+        if not lost_connection(err):
+            _record_rank_failure(traceback.format_exc(), user_error=False)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -213,8 +213,9 @@ def _launch(nproc: int, argv: list[str], env: dict[str, str] | None = None) -> i
     failure = launched.failure
     if failure is None:  # a rank killed by a signal, or the launcher itself failing: its own words are all there is
         sys.stderr.write(launched.stderr[-4000:])
-        raise CLIError(f"the run on {nproc} processes failed (exit code {launched.code}) before a rank could say "
-                       f"why; the launcher's output is above")
+        raise CLIError(f"the run on {nproc} processes failed (exit code {launched.code}) without a rank saying why "
+                       f"(a rank killed by a signal, e.g. for lack of memory, takes its peers' connections with it); "
+                       f"the launcher's output is above")
     if failure.user_error:
         raise CLIError(f"rank {failure.rank} of {nproc}: {' '.join(failure.text.split())}")
     sys.stderr.write(failure.text)

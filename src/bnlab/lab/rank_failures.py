@@ -4,18 +4,21 @@ command ends with one message instead of torch.distributed.run's report (read wi
 The starting command sets :data:`FAILURES_ENV` to a fresh folder. A rank that fails writes there, before it exits,
 ``rank-R.user`` (a user error: its one-line message) or ``rank-R.bug`` (an unexpected exception: its traceback).
 torch.distributed.run then ends the other ranks, and the starting command reports :func:`first_failure`: a user
-error before a bug (a peer that loses its connection when a rank exits fails because of it, not first), then the
-earliest written.
+error before a bug, then the earliest written. A rank whose collective failed because a peer went away
+(:func:`lost_connection`) writes nothing: it failed because of that peer, not first. When no rank wrote anything
+(a rank killed by a signal), the starting command shows the launcher's own output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FAILURES_ENV", "NPROC_ENV", "RankFailure", "first_failure", "in_nproc_run", "record_failure"]
+__all__ = ["FAILURES_ENV", "NPROC_ENV", "RankFailure", "first_failure", "in_nproc_run", "lost_connection",
+           "record_failure"]
 
 #: Set in every process of a ``--nproc`` run: the number of processes the user asked for.
 NPROC_ENV = "BNLAB_NPROC"
@@ -37,6 +40,18 @@ class RankFailure:
 def in_nproc_run() -> bool:
     """True in a process started by ``--nproc`` (a rank), False in the command a user typed."""
     return NPROC_ENV in os.environ
+
+
+def lost_connection(error: BaseException) -> bool:
+    """True for an error of torch.distributed's communication: a collective that failed (gloo's or NCCL's words)
+    or timed out (bnlab's SyncBatchNorm quotes the backend's error), which in a ``--nproc`` run follows another
+    rank's failure."""
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None)
+    if isinstance(dist_error, type) and isinstance(error, dist_error):
+        return True
+    words = str(error).lower()
+    return isinstance(error, RuntimeError) and ("gloo" in words or "nccl" in words)
 
 
 def record_failure(text: str, *, user_error: bool) -> None:
