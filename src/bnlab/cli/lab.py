@@ -280,7 +280,10 @@ def _resume_launch(run_dir: Path, nproc: int) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bnlab-resume-") as folder:
         copy = Path(folder, run_dir.name)
-        shutil.copytree(run_dir, copy)
+        try:
+            shutil.copytree(run_dir, copy)
+        except OSError as err:
+            raise CLIError(f"cannot copy {run_dir} for the ranks other than 0 (they resume a copy): {err}") from None
         return _launch(nproc, ["resume", str(run_dir)], env={distributed.RUN_COPY_ENV: str(copy)})
 
 
