@@ -13,8 +13,13 @@ import torch
 from bnlab.tools import recalibrate
 from distributed.launcher import require_gloo
 
+# tests/tools on the path only for this import: left there, its conftest.py would shadow the suite's root
+# conftest for the test modules collected after this one (`from conftest import ...`).
 sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
-import distributed_worker as w
+try:
+    import distributed_worker as w
+finally:
+    sys.path.pop(0)
 
 
 def test_recalibrate_under_torchrun_equals_one_process(tmp_path: Path) -> None:
