@@ -98,17 +98,17 @@ class CollectiveCounter:
 
     def __init__(self) -> None:
         self.calls = 0
-        self._original = dist.all_gather_into_tensor
+        self._original = dist.all_gather_single
 
     def __enter__(self) -> CollectiveCounter:
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return self._original(*args, **kwargs)
-        dist.all_gather_into_tensor = counted
+        dist.all_gather_single = counted
         return self
 
     def __exit__(self, *exc: object) -> None:
-        dist.all_gather_into_tensor = self._original
+        dist.all_gather_single = self._original
 
 
 def checkpoint_model() -> torch.nn.Module:

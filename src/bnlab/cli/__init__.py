@@ -62,12 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _run(argv)
         except CLIError as err:
             code, error = 2, f"bnlab: error: {err}"
+            _record_rank_failure(str(err), user_error=True)
         except BrokenPipeError:
             # The reader went away (``bnlab doctor | head``): not an error of ours; silence the final flush too.
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
             code = 0
         except BaseException as err:
             if not (watch.seen or isinstance(err, KeyboardInterrupt)):
+                if not isinstance(err, SystemExit):
+                    _record_rank_bug(err)
                 raise  # SystemExit from argparse (--help, usage errors), or a bug: as it is
             watch.seen = True
         watch.quiet = True  # from here a Ctrl-C is only noted: what is left is saying how it ended
@@ -79,6 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         watch.stop()
+
+
+def _record_rank_failure(text: str, *, user_error: bool) -> None:
+    """In a rank of a ``--nproc`` run, tell the starting command why this rank failed (it says so once)."""
+    if "BNLAB_NPROC" in os.environ:  # bnlab.lab.rank_failures.NPROC_ENV, checked before importing anything
+        from bnlab.lab.rank_failures import record_failure
+
+        record_failure(text, user_error=user_error)
+
+
+def _record_rank_bug(err: BaseException) -> None:
+    """An unexpected exception in a rank: its traceback, unless it is a lost connection to a peer that failed."""
+    if "BNLAB_NPROC" in os.environ:
+        import traceback
+
+        from bnlab.lab.rank_failures import lost_connection
+
+        if not lost_connection(err):
+            _record_rank_failure(traceback.format_exc(), user_error=False)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.cli.errors import CLIError
+from bnlab.lab.rank_failures import in_nproc_run
 
 __all__ = ["register"]
 
 DEFAULT_RUNS = Path("runs")
 ALL = "all"
+MAX_NPROC = 256
 
 
 def register(subparsers: Any) -> None:
@@ -116,13 +118,16 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(f"{err} (see --show-config for the settings)") from None
     except ValueError as err:
         raise CLIError(str(err)) from None
+    if args.nproc != 1 and not experiment.trains_on_processes:
+        raise CLIError(f"--nproc applies to the experiments that train through the lab's training loop "
+                       f"({', '.join(_nproc_experiments())}); {experiment.name} does not: run it without --nproc")
     if args.show_config:
         for key, value in config_to_dict(config).items():
             print(f"{key} = {format_value(value)}")
         for i, point in enumerate(grid or []):
             print(f"point {i}: " + ", ".join(f"{k} = {format_value(v)}" for k, v in point.items()))
         return 0
-    if args.nproc != 1 or _started_by_nproc():
+    if args.nproc != 1 or in_nproc_run():
         return _run_on_processes(args, experiment, config, grid)
     try:
         run_dir = run_experiment(experiment, config, out_root=args.out, seeds=args.seeds, grid=grid,
@@ -137,10 +142,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _started_by_nproc() -> bool:
-    import os
+def _nproc_experiments() -> list[str]:
+    from bnlab.lab.registry import experiment_names, get_experiment
 
-    return "BNLAB_NPROC" in os.environ  # bnlab.lab.distributed.NPROC_ENV, read without importing torch
+    return [name for name in experiment_names() if get_experiment(name).trains_on_processes]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -159,7 +164,6 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _run_on_processes(args: argparse.Namespace, experiment: Any, config: Any, grid: Any) -> int:
     """``--nproc N``: start N processes of this command (the parent), or be one of them (bnlab.lab.distributed)."""
-    import os
     import tempfile
 
     from bnlab.lab import distributed, engine
@@ -167,14 +171,10 @@ def _run_on_processes(args: argparse.Namespace, experiment: Any, config: Any, gr
     from bnlab.lab.registry import RunSetupError
     from bnlab.lab.runner import run_experiment
 
-    if not 1 <= args.nproc <= 256:
-        raise CLIError(f"--nproc must be between 1 and 256, got {args.nproc}")
-    if distributed.NPROC_ENV not in os.environ:
-        code = distributed.launch(args.nproc, _without_nproc(args.argv))
-        if code != 0:
-            raise CLIError(f"the run on {args.nproc} processes failed (exit code {code}); the first failing "
-                           f"rank's error is above")
-        return 0
+    if not 1 <= args.nproc <= MAX_NPROC:
+        raise CLIError(f"--nproc must be between 1 and {MAX_NPROC}, got {args.nproc}")
+    if not in_nproc_run():
+        return _launch(args.nproc, _without_nproc(args.argv))
     try:
         where = distributed.setup(engine.resolve_device(args.device))
     except ValueError as err:
@@ -188,7 +188,8 @@ def _run_on_processes(args: argparse.Namespace, experiment: Any, config: Any, gr
                 run_dir = run_experiment(experiment, config, out_root=out, seeds=args.seeds, grid=grid,
                                          device=args.device, data_dir=args.data_dir, quick=args.quick,
                                          deterministic=args.deterministic, threads=args.threads,
-                                         command=_command(), progress=False if where.rank else None)
+                                         command=_command(), progress=False if where.rank else None,
+                                         nproc=where.world)
             except (FileNotFoundError, RunSetupError, RunFilesError) as err:
                 raise CLIError(" ".join(str(err).split())) from None
             if where.rank == 0:
@@ -200,11 +201,34 @@ def _run_on_processes(args: argparse.Namespace, experiment: Any, config: Any, gr
     return 0
 
 
+def _launch(nproc: int, argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Start ``bnlab ARGV`` on ``nproc`` processes and end as they did: a failure on any rank is told once, as a
+    one-line user error (exit 2) or as the rank's traceback and one line (exit 1), not as the launcher's report."""
+    from bnlab.lab import distributed
+
+    launched = distributed.launch(nproc, argv, env)
+    if launched.code == 0:
+        sys.stderr.write(launched.stderr)  # the ranks' warnings, if any
+        return 0
+    failure = launched.failure
+    if failure is None:  # a rank killed by a signal, or the launcher itself failing: its own words are all there is
+        sys.stderr.write(launched.stderr[-4000:])
+        raise CLIError(f"the run on {nproc} processes failed (exit code {launched.code}) without a rank saying why "
+                       f"(a rank killed by a signal, e.g. for lack of memory, takes its peers' connections with it); "
+                       f"the launcher's output is above")
+    if failure.user_error:
+        raise CLIError(f"rank {failure.rank} of {nproc}: {' '.join(failure.text.split())}")
+    sys.stderr.write(failure.text)
+    print(f"bnlab: error: rank {failure.rank} of {nproc} failed with the exception above (a bug in bnlab: please "
+          f"report it)", file=sys.stderr)
+    return 1
+
+
 def _tour(args: argparse.Namespace) -> int:
     from bnlab.lab.tour import run_tour
 
-    if args.overrides or args.grid or args.show_config:
-        raise CLIError(f"--set, --grid and --show-config apply to one experiment, not to {ALL!r}")
+    if args.overrides or args.grid or args.show_config or args.nproc != 1:
+        raise CLIError(f"--set, --grid, --show-config and --nproc apply to one experiment, not to {ALL!r}")
     page = run_tour(args.out, quick=args.quick, seeds=args.seeds, device=args.device, data_dir=args.data_dir,
                     threads=args.threads, command=_command())
     print(f"tour: {page}")
@@ -228,16 +252,71 @@ def _print_verdicts(run_dir: Path) -> None:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from bnlab.lab.records import REPORT, RunFilesError
+    from bnlab.lab.records import CONFIG, REPORT, RunFilesError, RunMeta
     from bnlab.lab.registry import RunSetupError
     from bnlab.lab.runner import resume_run
 
+    if in_nproc_run():
+        return _resume_on_processes(args)
     try:
+        nproc = RunMeta.read(args.run_dir).nproc if (args.run_dir / CONFIG).is_file() else 1
+        if nproc > 1:
+            return _resume_launch(args.run_dir, nproc)
         run_dir = resume_run(args.run_dir, command=_command())
     except (FileNotFoundError, RunSetupError, RunFilesError) as err:
         raise CLIError(" ".join(str(err).split())) from None
     _print_verdicts(run_dir)
     print(f"report: {run_dir / REPORT}")
+    return 0
+
+
+def _resume_launch(run_dir: Path, nproc: int) -> int:
+    """Resume a ``--nproc N`` run on N processes. Rank 0 resumes the run folder; the others resume copies of it
+    taken before any rank starts (rank 0 rewrites the folder at once), which they then delete."""
+    import shutil
+    import tempfile
+
+    from bnlab.lab import distributed
+
+    with tempfile.TemporaryDirectory(prefix="bnlab-resume-") as folder:
+        copy = Path(folder, run_dir.name)
+        try:
+            shutil.copytree(run_dir, copy)
+        except OSError as err:
+            raise CLIError(f"cannot copy {run_dir} for the ranks other than 0 (they resume a copy): {err}") from None
+        return _launch(nproc, ["resume", str(run_dir)], env={distributed.RUN_COPY_ENV: str(copy)})
+
+
+def _resume_on_processes(args: argparse.Namespace) -> int:
+    """One rank of :func:`_resume_launch`."""
+    import os
+    import shutil
+    import tempfile
+
+    from bnlab.lab import distributed, engine
+    from bnlab.lab.records import REPORT, RunFilesError, RunMeta
+    from bnlab.lab.registry import RunSetupError
+    from bnlab.lab.runner import resume_run
+
+    try:
+        where = distributed.setup(engine.resolve_device(RunMeta.read(args.run_dir).device.partition(":")[0]))
+    except (RunFilesError, ValueError) as err:
+        raise CLIError(" ".join(str(err).split())) from None
+    assert where is not None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            run_dir = args.run_dir
+            if where.rank:
+                run_dir = Path(scratch, "runs", "copy", args.run_dir.name)
+                shutil.copytree(os.environ[distributed.RUN_COPY_ENV], run_dir)
+            run_dir = resume_run(run_dir, command=_command(), progress=False if where.rank else None)
+            if where.rank == 0:
+                _print_verdicts(run_dir)
+                print(f"report: {run_dir / REPORT}")
+    except (FileNotFoundError, RunSetupError, RunFilesError) as err:
+        raise CLIError(" ".join(str(err).split())) from None
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -12,8 +12,8 @@ GPUs, one GPU per process), and the training loop (:func:`bnlab.lab.train.loop.t
 
 With global batch-norm statistics the run computes what one process computes on the whole batch, up to
 floating-point rounding. Only rank 0 writes the run's files; the other ranks write theirs into a temporary
-folder that is removed. A failure on any rank makes the launcher end every rank (its exit code is the failed
-rank's).
+folder that is removed. A failure on any rank makes the launcher end every rank; the rank writes why it failed
+(:mod:`bnlab.lab.rank_failures`) and :func:`launch` returns it, so the command ends with one message.
 """
 
 from __future__ import annotations
@@ -21,19 +21,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["NPROC_ENV", "Distributed", "Shares", "current", "global_mean", "launch", "setup", "supervised_step",
-           "teardown", "wrap"]
+from bnlab.lab.rank_failures import FAILURES_ENV, NPROC_ENV, RankFailure, first_failure
 
-#: Set by :func:`launch` in every process it starts: the number of processes the user asked for.
-NPROC_ENV = "BNLAB_NPROC"
+__all__ = ["NPROC_ENV", "RUN_COPY_ENV", "Distributed", "Launched", "Shares", "current", "global_mean", "launch",
+           "setup", "supervised_step", "teardown", "wrap"]
+
+#: Set by ``bnlab resume`` of a ``--nproc`` run: a copy of the run folder, taken before any rank started, that
+#: the ranks other than 0 resume in a copy of their own (only rank 0 writes the run's files).
+RUN_COPY_ENV = "BNLAB_NPROC_RUN_COPY"
+
+#: How long the launcher may take to end its ranks after a Ctrl-C before it is killed.
+_INTERRUPT_GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,43 @@ def current() -> Distributed | None:
     return _current
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``bnlab ARGV`` on ``nproc`` processes with ``torch.distributed.run``; returns the exit code."""
+@dataclass(frozen=True)
+class Launched:
+    """How a :func:`launch` ended: the launcher's exit code, the failure the first failing rank recorded (None on
+    success, or when no rank recorded one), and everything written to stderr (the launcher's and the ranks')."""
+
+    code: int
+    failure: RankFailure | None
+    stderr: str
+
+
+def launch(nproc: int, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Launched:
+    """Run ``bnlab ARGV`` on ``nproc`` processes with ``torch.distributed.run`` (``env`` added to each one's
+    environment). Their stdout is this process's; stderr is collected, so that a failure is told once by the
+    caller rather than by the launcher's multi-line report."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "bnlab.cli", *argv]
-    env = {**os.environ, NPROC_ENV: str(nproc), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(command, env=env)
+    with tempfile.TemporaryDirectory(prefix="bnlab-nproc-") as folder:
+        failures = Path(folder, "failures")
+        failures.mkdir()
+        child_env = {**os.environ, **(env or {}), NPROC_ENV: str(nproc), FAILURES_ENV: str(failures),
+                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        with open(Path(folder, "stderr"), "w+b") as log:
+            process = subprocess.Popen(command, env=child_env, stderr=log)
+            try:
+                code = process.wait()
+            except BaseException:
+                # Ctrl-C reaches the launcher too (same process group): give it the time to end its ranks, since
+                # killing it at once would leave them running.
+                try:
+                    process.wait(timeout=_INTERRUPT_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                raise
+            log.seek(0)
+            text = log.read().decode(errors="replace")
+        return Launched(code, first_failure(failures) if code else None, text)
 
 
 def setup(device: torch.device) -> Distributed | None:

@@ -242,11 +242,13 @@ class RunMeta:
     data_dir: str | None = None
     deterministic: bool = False
     threads: int | None = None
+    nproc: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "config": dict(self.config), "seeds": self.seeds, "grid": self.grid,
                 "quick": self.quick, "quick_settings": dict(self.quick_settings), "device": self.device,
-                "data_dir": self.data_dir, "deterministic": self.deterministic, "threads": self.threads}
+                "data_dir": self.data_dir, "deterministic": self.deterministic, "threads": self.threads,
+                "nproc": self.nproc}
 
     @classmethod
     def read(cls, run_dir: Path) -> RunMeta:
@@ -280,4 +282,5 @@ class RunMeta:
             data_dir=need("data_dir", lambda v: v is None or isinstance(v, str), "text or null", None),
             deterministic=need("deterministic", lambda v: isinstance(v, bool), "true or false", False),
             threads=need("threads", lambda v: v is None or (is_int(v) and v >= 1), "a positive integer or null",
-                         None))
+                         None),
+            nproc=need("nproc", lambda v: is_int(v) and v >= 1, "a positive integer (the --nproc count)", 1))

@@ -109,6 +109,9 @@ class Experiment:
         columns: the settings the runs index shows for a run (e.g. the data set and the steps).
         headline: a few numbers of a result for the tour page and sweep tables (e.g. final accuracies).
         order: where the tour lists it (then by name).
+        trains_on_processes: its ``train`` trains through :func:`bnlab.lab.train.loop.train`, which on a
+            ``bnlab run --nproc N`` run shares each batch among the processes (DDP and SyncBatchNorm); an
+            experiment without it is refused ``--nproc`` rather than run N times over.
     """
 
     name: str
@@ -127,6 +130,7 @@ class Experiment:
     columns: Callable[[Any], Mapping[str, str]] = _no_columns
     headline: Callable[[Result], Mapping[str, str]] = _no_headline
     order: int = 100
+    trains_on_processes: bool = False
 
     def unit_list(self, config: Any) -> list[Unit]:
         """``units(config)``, checked: a non-empty list of distinct JSON objects."""

@@ -154,7 +154,7 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
                    grid: Sequence[Mapping[str, Any]] | None = None, device: str = "auto", data_dir: str | None = None,
                    quick: bool = False, deterministic: bool = False, threads: int | None = None,
                    progress: bool | None = None, command: str | None = None,
-                   shared: SharedCache | None = None) -> Path:
+                   shared: SharedCache | None = None, nproc: int = 1) -> Path:
     """Run ``experiment`` with ``config`` for each sweep point and seed; returns ``out_root/NAME/TIMESTAMP``.
 
     Args:
@@ -165,6 +165,7 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
         threads: CPU threads for PyTorch, 1..CPU count (None: the experiment's own default).
         progress: show progress bars (None: only when stderr is a terminal).
         shared: the cache shared across runs (default: :func:`bnlab.lab.store.default_cache_dir`).
+        nproc: the processes this run trains on (``bnlab run --nproc``; recorded so that resuming uses as many).
 
     Raises:
         RunSetupError: the run cannot start as asked (seeds, threads, device, the runs folder, a sweep point, or
@@ -182,7 +183,8 @@ def run_experiment(experiment: Experiment, config: Any, *, out_root: Path, seeds
     configs = _point_configs(experiment, config, points)
     meta = RunMeta(experiment=experiment.name, config=config_to_dict(config), seeds=seeds, grid=points, quick=quick,
                    quick_settings=({k: config_to_dict(config)[k] for k in experiment.quick} if quick else {}),
-                   device=str(torch_device), data_dir=data_dir, deterministic=deterministic, threads=threads)
+                   device=str(torch_device), data_dir=data_dir, deterministic=deterministic, threads=threads,
+                   nproc=nproc)
     cache: dict[str, Any] = {}
     with _threads(threads):
         _prepare(experiment, configs, torch_device, data_dir, cache)

@@ -69,7 +69,7 @@ def all_gather_rows(group: Any, payload: Tensor, *, layer: str, key: int, call: 
     world = dist.get_world_size(group)
     rows = row.new_empty(world * row.numel())
     try:
-        work = dist.all_gather_into_tensor(rows, row, group=group, async_op=True)
+        work = dist.all_gather_single(rows, row, group=group, async_op=True)
         assert work is not None  # async_op=True returns the work handle
         work.wait(timeout=datetime.timedelta(seconds=timeout))
     except RuntimeError as error:

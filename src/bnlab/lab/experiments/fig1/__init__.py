@@ -33,6 +33,7 @@ EXPERIMENT = Experiment(
     smoke={"dataset": "synthetic", "steps": 60, "eval_every": 20, "hidden": 16},
     prepare=train.prepare,
     units=train.units,
+    trains_on_processes=True,  # engine.train: --nproc shares its batches
     threads=1,  # an MLP on batches of 60: a second intra-op thread costs more than it gives (docs/experiments.md)
     columns=_columns,
     headline=claims.headline,
