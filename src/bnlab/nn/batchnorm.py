@@ -38,6 +38,11 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
     # half a microsecond each, a cost small layers notice.
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
     training = module.training
+    if (running_mean is not None and running_var is not None and residual is None
+            and module.stats_policy is FOLLOW_MODE and module.activation == "identity" and module.save == "input"):
+        y = complete_op_fast_path(module, input, running_mean, running_var, weight, bias, training)
+        if y is not None:
+            return y
     # Batch statistics in training, and in eval when there are no running statistics to use.
     use_batch_stats = training or (running_mean is None and running_var is None)
     update = training and module.track_running_stats
@@ -91,6 +96,43 @@ def module_forward(module: Any, input: Tensor, residual: Tensor | None = None) -
             residual, activation, slope, save)
     if guard is not None:
         guard.settle()
+    return y
+
+
+def complete_op_fast_path(module: Any, input: Tensor, running_mean: Tensor, running_var: Tensor,
+                          weight: Tensor | None, bias: Tensor | None, training: bool) -> Tensor | None:
+    """A plain eager call of a layer with running statistics, on a backend with a complete op: the kernel first,
+    the checks only if it fails. None: the call needs the full path of :func:`module_forward`.
+
+    The complete op (ATen's) checks the arguments itself before it reads or writes anything, so a call that fails
+    changes nothing and bnlab's checks can wait for a failure: ``check_batch_norm_args`` then raises bnlab's message
+    in torch's order, or, where it finds nothing wrong, the kernel's own error stands. This saves the checks' cost
+    (about 1.5 µs, issue 9's per-call overhead) on every good call. What the kernel would accept silently is still
+    tested first: running statistics that require grad, ε out of range, one value per channel in training. The batch
+    is counted after the kernel succeeds: a call that raises leaves the counter alone, as on the full path.
+    """
+    if torch.compiler.is_compiling() or not input.numel():
+        return None
+    eps = module.eps
+    if eps < 0.0 or (torch.is_grad_enabled() and (running_mean.requires_grad or running_var.requires_grad)):
+        return None
+    momentum = 0.0
+    if training:
+        momentum = module.momentum
+        if (momentum is None or eps == 0.0 or not module.track_running_stats or module.non_finite != "propagate"
+                or input.numel() == input.shape[1] or _stats.is_recomputation()):
+            return None
+    try:
+        # (Inside: a backend that cannot take this input must not hide a mistake the checks would name first.)
+        chosen = registry.resolve_for(module._bnlab_backend, input, training, False)
+        if not chosen.provides_complete_op:
+            return None
+        y = chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    except Exception:
+        check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+        raise
+    if training and module.num_batches_tracked is not None:
+        module.num_batches_tracked.add_(1)
     return y
 
 
