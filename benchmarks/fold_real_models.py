@@ -16,11 +16,8 @@ Run it on a quiet machine: on a shared one the numbers move by more than the eff
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.fold_speedup import environment
+from benchmarks.fold_speedup import environment, interleaved_medians, torch_fuse, trained_looking
 from bnlab.tools import fold_with_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network for a configuration or weights
@@ -53,52 +50,20 @@ def _models() -> dict[str, Callable[[], nn.Module]]:
     }
 
 
-def _trained_looking(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def _torch_fuse(model: nn.Module) -> nn.Module | str:
-    """PyTorch's fuser on a copy, or the first line of why it cannot run."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the module pulls in deprecated torch.jit helpers
-        from torch.fx.experimental.optimization import fuse
-        try:
-            return fuse(copy.deepcopy(model))
-        except Exception as err:
-            return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:100]}"
-
-
 def measure(name: str, build: Callable[[], nn.Module], batch: int, reps: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = _trained_looking(build())
+    model = trained_looking(build())
     x = torch.randn(batch, 3, IMAGE, IMAGE)
     result = fold_with_report(model, example_inputs={"pixel_values": x})
     norms = len(result.folded) + len(result.skipped)
     variants: dict[str, nn.Module] = {"unfolded": model, "bnlab fold": result.model}
-    fused = _torch_fuse(model)
+    fused = torch_fuse(model)
     if isinstance(fused, nn.Module):
         variants["torch fuse"] = fused
     with torch.inference_mode():
         reference = model(pixel_values=x).logits
         errors = {k: float((m(pixel_values=x).logits - reference).abs().max()) for k, m in variants.items()}
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(3):  # warm-up: allocator, oneDNN primitive caches
-            for m in variants.values():
-                m(pixel_values=x)
-        order = list(variants)
-        for rep in range(reps):
-            for k in order[rep % len(order):] + order[:rep % len(order)]:  # rotate who goes first
-                start = time.perf_counter()
-                variants[k](pixel_values=x)
-                times[k].append(time.perf_counter() - start)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    medians = interleaved_medians({k: (lambda m=m: m(pixel_values=x)) for k, m in variants.items()}, reps)
     return {
         "model": name, "input": [batch, 3, IMAGE, IMAGE], "dtype": "float32", "batch_norms": norms,
         "folded": len(result.folded), "method": result.method,

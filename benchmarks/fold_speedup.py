@@ -82,7 +82,8 @@ def resnet_small(classes: int = 10) -> nn.Module:
 MODELS: dict[str, Callable[[], nn.Module]] = {"vgg-small": vgg_small, "resnet-small": resnet_small}
 
 
-def _trained_looking(model: nn.Module) -> nn.Module:
+def trained_looking(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with random running statistics and affine parameters, as after training."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -110,33 +111,47 @@ def _bn_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def _torch_fuse(model: nn.Module) -> nn.Module:
+def torch_fuse(model: nn.Module) -> nn.Module | str:
+    """PyTorch's fuser (torch.fx.experimental.optimization.fuse) on a copy, or the first line of why it cannot."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the module pulls in deprecated torch.jit helpers
         from torch.fx.experimental.optimization import fuse
-    return fuse(copy.deepcopy(model))
+        try:
+            return fuse(copy.deepcopy(model))
+        except Exception as err:
+            return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:100]}"
+
+
+def interleaved_medians(variants: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Median seconds of each call, after a warm-up (allocator, oneDNN primitive caches), under inference mode;
+    the variants take turns and who goes first rotates, so a slow stretch of a shared machine hits them alike."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.inference_mode():
+        for _ in range(3):
+            for call in variants.values():
+                call()
+        order = list(variants)
+        for rep in range(reps):
+            for k in order[rep % len(order):] + order[:rep % len(order)]:
+                start = time.perf_counter()
+                variants[k]()
+                times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(name: str, batch: int, reps: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = _trained_looking(MODELS[name]())
+    model = trained_looking(MODELS[name]())
     x = torch.randn(batch, 3, 32, 32)
     # The examples let fold check the BatchNorm1d/Linear pair of vgg-small (2-D input) and its own outputs.
-    variants = {"unfolded": model, "bnlab fold": fold(model, example_inputs=x), "torch fuse": _torch_fuse(model)}
+    fused = torch_fuse(model)
+    if not isinstance(fused, nn.Module):
+        raise RuntimeError(f"torch's fuser failed on {name}: {fused}")
+    variants = {"unfolded": model, "bnlab fold": fold(model, example_inputs=x), "torch fuse": fused}
     with torch.inference_mode():
         reference = model(x)
         errors = {k: float((m(x) - reference).abs().max()) for k, m in variants.items()}
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(3):  # warm-up: allocator, oneDNN primitive caches
-            for m in variants.values():
-                m(x)
-        order = list(variants)
-        for rep in range(reps):
-            for k in order[rep % len(order):] + order[:rep % len(order)]:  # rotate who goes first
-                start = time.perf_counter()
-                variants[k](x)
-                times[k].append(time.perf_counter() - start)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+    medians = interleaved_medians({k: (lambda m=m: m(x)) for k, m in variants.items()}, reps)
     removed = _bn_bytes(model, x)
     saved = medians["unfolded"] - medians["bnlab fold"]
     return {
