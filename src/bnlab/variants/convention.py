@@ -28,14 +28,13 @@ from torch import Tensor
 from bnlab import _stats
 from bnlab._shapes import accumulation_dtype, per_channel, reduction_dims, values_per_channel
 from bnlab.kernels.base import Backend, GradSums
-from bnlab.reference import darknet
 from bnlab.reference.algorithm2 import inference_affine
 from bnlab.variants.call import VariantCall, affine
 
 __all__ = ["CONVENTIONS", "DARKNET_MOMENTUM", "BiasedVarianceCall", "DarknetCall", "DarknetRunningCall",
            "check_convention", "convention_inference_affine", "darknet_invstd"]
 
-CONVENTIONS = ("torch", "keras", "flax", "darknet")
+CONVENTIONS: tuple[str, ...] = ("torch", "keras", "flax", "darknet")
 #: darknet's running update, rolling ← .99·rolling + .01·batch, as torch's momentum (the weight of the batch).
 DARKNET_MOMENTUM = 0.01
 #: Why a layer class that declares no conventions takes only torch's (see the per-class matrix in docs/compat.md).
