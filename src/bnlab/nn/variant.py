@@ -59,13 +59,18 @@ def variant_forward(module: Any, input: Tensor, make_call: Callable[[Tensor | No
     return run_call(module, input, call, update, residual)
 
 
-def run_call(module: Any, input: Tensor, call: VariantCall, update: bool, residual: Tensor | None = None) -> Tensor:
+def run_call(module: Any, input: Tensor, call: VariantCall, update: bool, residual: Tensor | None = None, *,
+             normalize_with_running: bool = False) -> Tensor:
     """Run ``call`` on ``module``'s input (rank checked) and, with ``update``, fold its statistics into the
-    running buffers, counting the batch; then the fused layer's residual and activation."""
+    running buffers, counting the batch; then the fused layer's residual and activation.
+
+    ``normalize_with_running``: the call normalizes with the running statistics (checked as an eval call's are).
+    """
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
     single = input.numel() == input.shape[1]
-    check_batch_norm_args(input, running_mean if update else None, running_var if update else None, weight, bias,
-                          call.min_values > 1 or not single, module.eps)
+    reads = update or normalize_with_running
+    check_batch_norm_args(input, running_mean if reads else None, running_var if reads else None, weight, bias,
+                          not normalize_with_running and (call.min_values > 1 or not single), module.eps)
     activation = module.activation
     if residual is not None or activation != "identity":
         check_act_args(activation, module.negative_slope, module.save)
@@ -138,6 +143,7 @@ def darknet_forward(module: Any, input: Tensor, residual: Tensor | None = None) 
             use_batch_stats = update = False
         else:
             raise small_batch_error(type(module).__name__, input.shape)
-    call: VariantCall = (DarknetCall(module.eps) if use_batch_stats
-                         else DarknetRunningCall(module.eps, running_mean, running_var, update_from_batch=update))
-    return run_call(module, input, call, update, residual)
+    if use_batch_stats:
+        return run_call(module, input, DarknetCall(module.eps), update, residual)
+    call = DarknetRunningCall(module.eps, running_mean, running_var, update_from_batch=update)
+    return run_call(module, input, call, update, residual, normalize_with_running=True)
