@@ -44,7 +44,8 @@ def output_tol(reference: torch.Tensor, dtype: torch.dtype) -> float:
     return KERNEL_FLOOR[dtype] * max(1.0, reference.abs().max().item())
 
 
-@pytest.mark.parametrize("dtype", [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float64, id="float64"),
+                                   pytest.param(torch.float32, id="float32")])
 @pytest.mark.parametrize(("shape", "layout"), [
     pytest.param((6, 4, 3, 3), "contiguous", id="2d"),
     pytest.param((8, 5), "contiguous", id="1d-NC"),
