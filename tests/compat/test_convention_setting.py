@@ -78,16 +78,28 @@ def test_compiled_fullgraph_matches_eager() -> None:
 @pytest.mark.parametrize(("make", "error", "message"), [
     pytest.param(lambda: bnlab.BatchNorm2d(3, convention="caffe"), ValueError, "convention must be one of",
                  id="unknown"),
-    pytest.param(lambda: bnlab.BatchNorm2d(3, convention="darknet"), NotImplementedError, "not implemented",
-                 id="darknet-not-yet"),
-    pytest.param(lambda: bnlab.nn.BatchNormAct2d(3, convention="keras"), ValueError, "applies to the plain layers",
-                 id="fused-layer"),
-    pytest.param(lambda: bnlab.nn.BatchRenorm2d(3, convention="keras"), ValueError, "applies to the plain layers",
+    pytest.param(lambda: bnlab.nn.BatchRenorm2d(3, convention="keras"), ValueError, "batch renorm is Ioffe's rule",
                  id="renorm"),
+    pytest.param(lambda: bnlab.nn.GhostBatchNorm2d(3, 2, momentum=0.01, convention="darknet"), ValueError,
+                 "no ghost batch norm", id="ghost"),
+    pytest.param(lambda: bnlab.nn.BatchNormAct2d(3, convention="darknet"), ValueError, "pass momentum=0.01",
+                 id="fused-darknet-momentum"),
 ])
 def test_bad_conventions_are_clear_errors(make: object, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("layer", [
+    pytest.param(lambda: bnlab.nn.BatchRenorm2d(3), id="renorm"),
+    pytest.param(lambda: bnlab.nn.GhostBatchNorm2d(3, 2), id="ghost"),
+])
+def test_a_convention_assigned_to_a_variant_layer_is_refused_at_the_call(layer: object) -> None:
+    module = layer()  # type: ignore[operator]
+    module.convention = "keras"
+    with pytest.raises(ValueError, match="use convention='torch'"):
+        module(torch.randn(4, 3, 2, 2))
+    assert int(module.num_batches_tracked) == 0
 
 
 def test_a_mask_with_a_convention_is_refused() -> None:

@@ -67,10 +67,12 @@ def state_of(variables: Variables) -> BatchNormState:
 
 
 @pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
-def test_from_flax_infers_and_trains_as_flax(linen: ModuleType, shape: tuple[int, ...], axis: int) -> None:
+def test_from_flax_with_the_torch_convention_infers_and_trains_as_flax_but_for_the_variance(
+        linen: ModuleType, shape: tuple[int, ...], axis: int) -> None:
     bn = linen.BatchNorm(momentum=0.9, epsilon=1e-5, axis=axis)
     variables = random_variables(shape[axis])
-    ported = compat.from_flax(variables, bn, input_rank=len(shape))
+    ported = compat.from_flax(variables, bn, input_rank=len(shape), convention="torch")
+    assert ported.module.convention == "torch" and any("convention='torch'" in n for n in ported.notes)
     assert ported.channels_last == (axis == -1 and len(shape) > 2)
     flax_rule = bnlab_rule = state_of(variables)
     unbiased_flax = dataclasses.replace(compat.FLAX, variance_stored="unbiased")
@@ -104,7 +106,8 @@ def test_to_flax_infers_and_trains_as_the_module(linen: ModuleType, class_name: 
                                                  channels_last: bool) -> None:
     axis = -1 if channels_last else 1
     channels = shape[axis]
-    module = getattr(bnlab_nn, class_name)(channels, momentum=0.2, eps=1e-4)
+    # A flax-convention module (what from_flax gives): Flax's layer then matches its running variance too.
+    module = getattr(bnlab_nn, class_name)(channels, momentum=0.2, eps=1e-4, convention="flax")
     with torch.no_grad():
         module.running_mean.uniform_(-1, 1)
         module.running_var.uniform_(0.5, 2)
@@ -120,6 +123,9 @@ def test_to_flax_infers_and_trains_as_the_module(linen: ModuleType, class_name: 
         theirs, variables = flax_step(bn, variables, x, True)
         assert_within(theirs, run_module(ported, x, train=True), FLOAT32_TOL, f"step {step}: training output")
         assert_within(variables["batch_stats"]["mean"], module.running_mean, FLOAT32_TOL, f"step {step}: mean")
+        assert_within(variables["batch_stats"]["var"], module.running_var, FLOAT32_TOL, f"step {step}: var")
+    assert_within(flax_step(bn, variables, xs[0], False)[0], run_module(ported, xs[0], train=False), FLOAT32_TOL,
+                  "inference after training")
 
 
 def test_flax_round_trip_is_exact_and_leaves_the_variables_alone() -> None:
@@ -186,6 +192,8 @@ def test_bad_flax_inputs_are_clear_errors(linen: ModuleType) -> None:
         compat.from_flax(variables, linen.BatchNorm(axis=2), input_rank=4)
     with pytest.raises(ValueError, match="rank 2 to 5"):
         compat.from_flax(variables, input_rank=6)
+    with pytest.raises(ValueError, match="convention must be 'flax'"):
+        compat.from_flax(variables, input_rank=2, convention="keras")
     with pytest.raises(TypeError, match=r"flax\.linen\.BatchNorm"):
         compat.from_flax(variables, linen.LayerNorm(), input_rank=2)
     with pytest.raises(ValueError, match=r"expected \(3,\)"):
@@ -195,13 +203,15 @@ def test_bad_flax_inputs_are_clear_errors(linen: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
-def test_a_ported_module_with_the_flax_convention_trains_as_flax(linen: ModuleType, shape: tuple[int, ...],
-                                                                  axis: int) -> None:
-    # convention="flax": the module's running variance averages σ²_B as Flax's does; everything matches.
+def test_a_module_converted_with_the_defaults_trains_as_flax(linen: ModuleType, shape: tuple[int, ...],
+                                                             axis: int) -> None:
+    # from_flax's default convention="flax": the running variance averages σ²_B as Flax's does; everything matches.
     bn = linen.BatchNorm(momentum=0.9, epsilon=1e-5, axis=axis)
     variables = random_variables(shape[axis])
     ported = compat.from_flax(variables, bn, input_rank=len(shape))
-    ported.module.convention = "flax"
+    assert ported.module.convention == "flax" and ported.notes == ()
+    assert_within(run_module(ported, batches(shape, axis)[0], train=False),
+                  flax_step(bn, variables, batches(shape, axis)[0], False)[0], FLOAT32_TOL, "inference before")
     xs = batches(shape, axis)
     for step, x in enumerate(xs):
         ours = run_module(ported, x, train=True)

@@ -59,9 +59,11 @@ def keras_call(layer: Any, x: torch.Tensor, training: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
-def test_from_keras_infers_and_trains_as_keras(keras: ModuleType, shape: tuple[int, ...], axis: int) -> None:
+def test_from_keras_with_the_torch_convention_infers_and_trains_as_keras_but_for_the_variance(
+        keras: ModuleType, shape: tuple[int, ...], axis: int) -> None:
     layer = make_layer(keras, shape, axis)
-    ported = compat.from_keras(layer)
+    ported = compat.from_keras(layer, convention="torch")
+    assert ported.module.convention == "torch" and any("convention='torch'" in n for n in ported.notes)
     assert ported.channels_last == (axis == -1 and len(shape) > 2)
     keras_rule = keras_state(layer)  # compat's float64 Keras rule, from the same start
     bnlab_rule = keras_rule  # the same rule storing the unbiased variance: what the bnlab module does
@@ -115,7 +117,8 @@ MODULES = [
 def test_to_keras_infers_and_trains_as_the_module(keras: ModuleType, class_name: str, shape: tuple[int, ...],
                                                   channels_last: bool, input_rank: int | None) -> None:
     axis = -1 if channels_last else 1
-    module = random_module(getattr(bnlab_nn, class_name), shape[axis], momentum=0.2, eps=1e-4)
+    # A keras-convention module (what from_keras gives): Keras's layer then matches its moving variance too.
+    module = random_module(getattr(bnlab_nn, class_name), shape[axis], momentum=0.2, eps=1e-4, convention="keras")
     layer = compat.to_keras(module, channels_last=channels_last, input_rank=input_rank)
     assert (layer.axis, layer.momentum, layer.epsilon) == (axis, 0.8, 1e-4)
     ported = compat.Ported(module, channels_last and len(shape) > 2)
@@ -125,6 +128,10 @@ def test_to_keras_infers_and_trains_as_the_module(keras: ModuleType, class_name:
         theirs, ours = keras_call(layer, x, True), run_module(ported, x, train=True)
         assert_within(theirs, ours, FLOAT32_TOL, f"step {step}: training output")
         assert_within(weights_by_name(layer)["moving_mean"], module.running_mean, FLOAT32_TOL, f"step {step}: mean")
+        assert_within(weights_by_name(layer)["moving_variance"], module.running_var, FLOAT32_TOL,
+                      f"step {step}: var")
+    assert_within(keras_call(layer, xs[0], False), run_module(ported, xs[0], train=False), FLOAT32_TOL,
+                  "inference after training")
 
 
 def test_keras_round_trip_is_exact(keras: ModuleType) -> None:
@@ -209,6 +216,8 @@ def test_bad_keras_layers_are_clear_errors(keras: ModuleType) -> None:
         compat.from_keras(make_layer(keras, (2, 3, 4, 5), 2))
     with pytest.raises(TypeError, match="BatchNormalization"):
         compat.from_keras(keras.layers.Dense(3))
+    with pytest.raises(ValueError, match="convention must be 'keras'"):
+        compat.from_keras(make_layer(keras, (2, 3), -1), convention="darknet")
     with pytest.raises(ValueError, match="input_rank=2 or 3"):
         compat.to_keras(bnlab_nn.BatchNorm1d(3))
     with pytest.raises(ValueError, match="cumulative average"):
@@ -218,14 +227,16 @@ def test_bad_keras_layers_are_clear_errors(keras: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
-def test_a_ported_layer_with_the_keras_convention_trains_as_keras(keras: ModuleType, shape: tuple[int, ...],
-                                                                   axis: int) -> None:
-    # convention="keras" makes the module's moving variance Keras's (σ²_B averaged): outputs and both moving
-    # statistics then match Keras over several steps and in inference afterwards.
+def test_a_layer_converted_with_the_defaults_trains_as_keras(keras: ModuleType, shape: tuple[int, ...],
+                                                             axis: int) -> None:
+    # from_keras's default convention="keras" makes the module's moving variance Keras's (σ²_B averaged): outputs
+    # and both moving statistics then match Keras over several steps, and in inference before and after.
     layer = make_layer(keras, shape, axis)
     ported = compat.from_keras(layer)
-    ported.module.convention = "keras"
+    assert ported.module.convention == "keras" and ported.notes == ()
     xs = batches(shape, axis)
+    assert_within(run_module(ported, xs[0], train=False), keras_call(layer, xs[0], False), FLOAT32_TOL,
+                  "inference before training")
     for step, x in enumerate(xs):
         ours, theirs = run_module(ported, x, train=True), keras_call(layer, x, True)
         assert_within(ours, theirs, FLOAT32_TOL, f"step {step}: training output")

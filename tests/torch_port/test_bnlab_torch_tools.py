@@ -213,6 +213,7 @@ def test_convert_sync_batchnorm_refuses_fused_and_switched_layers_and_changes_no
     pytest.param(lambda: bnlab.nn.BatchRenorm2d(3), id="renorm"),
     pytest.param(lambda: bnlab.nn.GhostBatchNorm2d(3, virtual_batch_size=2), id="ghost"),
     pytest.param(lambda: bnlab.BatchNorm2d(3, convention="keras"), id="keras-convention"),
+    pytest.param(lambda: bnlab.BatchNorm2d(3, momentum=0.01, convention="darknet"), id="darknet-convention"),
 ])
 def test_convert_sync_batchnorm_refuses_the_family_and_changes_nothing(layer: Any) -> None:
     # torch's converter would make each a plain SyncBatchNorm, dropping how it normalizes or updates in training.

@@ -7,7 +7,9 @@ v["batch_stats"]["BatchNorm_0"]}``). The hyper-parameters (``momentum``, ``epsil
 ``use_bias``, ``axis``) are attributes of the ``nn.BatchNorm`` object. Flax's default layout is channels-last
 (``axis=-1``): see :class:`~bnlab.compat.modules.Ported` for the NHWC ↔ NCHW mapping.
 
-What does not carry over yet: Flax averages the biased batch variance into ``var`` (see ``Ported.notes``).
+The module follows ``convention="flax"`` by default, so its running variance averages the biased batch variance
+as Flax's ``var`` does; ``convention="torch"`` gives PyTorch's rules instead (``Ported.notes`` says what then
+differs). :func:`to_flax` takes a module of convention "torch", "keras" or "flax".
 Flax NNX's ``nnx.BatchNorm`` (numbers held on the object) is not handled. ``axis_name`` (statistics averaged
 across devices) is dropped with a note: a bnlab module takes statistics over its own input.
 
@@ -28,6 +30,7 @@ from bnlab.compat.modules import (
     Ported,
     build_module,
     channel_axis_layout,
+    check_port_convention,
     read_module,
 )
 
@@ -42,7 +45,7 @@ def _entry(variables: Mapping[str, Any], collection: str, name: str) -> np.ndarr
 
 
 def from_flax(variables: Mapping[str, Any], batch_norm: Any = None, *, input_rank: int, backend: str = "auto",
-              dtype: torch.dtype = torch.float32) -> Ported:
+              dtype: torch.dtype = torch.float32, convention: str = "flax") -> Ported:
     """A bnlab module with the numbers of one Flax ``nn.BatchNorm`` layer.
 
     Args:
@@ -53,7 +56,10 @@ def from_flax(variables: Mapping[str, Any], batch_norm: Any = None, *, input_ran
         input_rank: the rank of the layer's input (2 to 5): picks BatchNorm1d (2, 3), 2d (4) or 3d (5). Flax layers
             are not bound to a shape, so this must be given.
         backend, dtype: the module's bnlab backend and parameter/buffer dtype.
+        convention: "flax" (default: the module trains as Flax does) or "torch" (PyTorch's rules; its running
+            variance then drifts from Flax's, see the notes).
     """
+    check_port_convention(convention, "from_flax", "flax")
     if batch_norm is not None and not (type(batch_norm).__name__ == "BatchNorm"
                                        and hasattr(batch_norm, "use_running_average")):
         raise TypeError(f"from_flax expects a flax.linen.BatchNorm (or None for its defaults), got "
@@ -87,9 +93,10 @@ def from_flax(variables: Mapping[str, Any], batch_norm: Any = None, *, input_ran
         input_rank, mean=mean, var=var, gamma=scale if use_scale else None, beta=bias if use_bias else None,
         eps=float(attr("epsilon", FLAX.eps)), torch_momentum=FLAX.to_torch_momentum(float(attr("momentum",
                                                                                                  FLAX.momentum))),
-        backend=backend, dtype=dtype)
-    biased_note = BIASED_RUNNING_VAR_NOTE.format(name="Flax", convention="flax")
-    return Ported(module, channels_last, (*built_notes, *notes, biased_note))
+        backend=backend, dtype=dtype, convention=convention)
+    if convention == "torch":
+        notes += (BIASED_RUNNING_VAR_NOTE.format(name="Flax", convention="flax"),)
+    return Ported(module, channels_last, (*built_notes, *notes))
 
 
 def flax_config(module: torch.nn.Module, *, channels_last: bool = True) -> dict[str, Any]:

@@ -5,8 +5,10 @@ What carries over: γ (``gamma``), β (``beta``), the moving mean and variance, 
 an NHWC input x runs through the module as ``ported.module_input(x)`` (NCHW) and the output comes back with
 ``ported.framework_output(y)``. A layer with ``axis=1`` (``data_format="channels_first"``) needs no permutation.
 
-What does not carry over yet: Keras averages the *biased* batch variance into ``moving_variance``, torch the
-unbiased one (see ``Ported.notes``); inference and the training outputs are the same.
+The module follows ``convention="keras"`` by default, so it trains as Keras does (its running variance averages
+the *biased* batch variance, as ``moving_variance`` does); ``convention="torch"`` gives a module that trains by
+PyTorch's rules instead (the running variance averages the unbiased one; ``Ported.notes`` says so). Going back,
+:func:`to_keras` takes a module of either convention (or "flax", the same rule); Keras then trains by its own.
 
 Keras itself is imported only by :func:`to_keras`; :func:`from_keras` reads any layer object of that shape.
 """
@@ -24,6 +26,7 @@ from bnlab.compat.modules import (
     Ported,
     build_module,
     channel_axis_layout,
+    check_port_convention,
     read_module,
 )
 
@@ -51,7 +54,8 @@ def _single_axis(axis: Any) -> int:
     return int(axis)
 
 
-def from_keras(layer: Any, *, backend: str = "auto", dtype: torch.dtype = torch.float32) -> Ported:
+def from_keras(layer: Any, *, backend: str = "auto", dtype: torch.dtype = torch.float32,
+               convention: str = "keras") -> Ported:
     """A bnlab module with the numbers of a built Keras ``BatchNormalization`` layer.
 
     Args:
@@ -59,11 +63,14 @@ def from_keras(layer: Any, *, backend: str = "auto", dtype: torch.dtype = torch.
             its input rank (2 to 5) picks BatchNorm1d (rank 2, 3), 2d (rank 4) or 3d (rank 5).
         backend: the module's bnlab backend.
         dtype: the module's parameter and buffer dtype.
+        convention: "keras" (default: the module trains as Keras does) or "torch" (PyTorch's rules; its running
+            variance then drifts from Keras's, see the notes).
 
     Returns: the module (in train mode, as a new Keras layer is used in training), whether inputs are
     channels-last, and notes on what differs. ``scale=False`` gives a weight fixed at 1 (requires_grad=False);
     ``center=False`` a module without bias; both False, ``affine=False``.
     """
+    check_port_convention(convention, "from_keras", "keras")
     if type(layer).__name__ != "BatchNormalization":
         raise TypeError(f"from_keras expects a Keras BatchNormalization layer, got {type(layer).__name__}")
     for option, why in _UNSUPPORTED.items():
@@ -82,9 +89,10 @@ def from_keras(layer: Any, *, backend: str = "auto", dtype: torch.dtype = torch.
         int(rank), mean=weights["moving_mean"], var=weights["moving_variance"],
         gamma=weights["gamma"] if layer.scale else None, beta=weights["beta"] if layer.center else None,
         eps=float(layer.epsilon), torch_momentum=KERAS.to_torch_momentum(float(layer.momentum)), backend=backend,
-        dtype=dtype)
-    biased_note = BIASED_RUNNING_VAR_NOTE.format(name="Keras", convention="keras")
-    return Ported(module, channels_last, (*notes, biased_note))
+        dtype=dtype, convention=convention)
+    if convention == "torch":
+        notes += (BIASED_RUNNING_VAR_NOTE.format(name="Keras", convention="keras"),)
+    return Ported(module, channels_last, notes)
 
 
 def keras_config(module: torch.nn.Module, *, channels_last: bool = True) -> dict[str, Any]:

@@ -17,12 +17,12 @@ MODULE_FOR_RANK: dict[int, type[BatchNorm1d] | type[BatchNorm2d] | type[BatchNor
     2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
 _TORCH_CLASSES = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
-#: What no bnlab module can represent today (the module-level ``convention=`` setting will).
+#: What a module converted with convention="torch" does differently from its Keras or Flax source.
 BIASED_RUNNING_VAR_NOTE = (
-    "{name} averages the biased batch variance σ²_B into its running variance; this module (torch's rule) averages "
-    "the unbiased m/(m−1)·σ²_B, so after training steps running_var exceeds {name}'s by (1 − decay)·σ²_B/(m − 1) per "
-    "step, decayed. Inference, training outputs and the running mean are the same. Representable once bnlab "
-    "modules take convention='{convention}'.")
+    "{name} averages the biased batch variance σ²_B into its running variance; this module (convention='torch') "
+    "averages the unbiased m/(m−1)·σ²_B, so after training steps running_var exceeds {name}'s by "
+    "(1 − decay)·σ²_B/(m − 1) per step, decayed. Inference, training outputs and the running mean are the same; "
+    "the default convention='{convention}' trains as {name} does.")
 FROZEN_SCALE_NOTE = ("the source layer has no scale (γ): the module's weight is fixed at 1 with requires_grad=False, "
                      "so an optimizer leaves it alone")
 
@@ -73,15 +73,27 @@ def _tensor(values: Any, dtype: torch.dtype, what: str, channels: int) -> Tensor
     return t
 
 
+def check_port_convention(convention: object, source: str, own: str) -> None:
+    """A converter's ``convention=``: the source framework's own (``own``, the default) or torch's."""
+    if convention not in (own, "torch"):
+        raise ValueError(f"{source}: convention must be {own!r} (train as the source framework does, the default) "
+                         f"or 'torch' (train by PyTorch's rules), got {convention!r}")
+
+
 def build_module(rank: int, *, mean: Any, var: Any, gamma: Any | None, beta: Any | None, eps: float,
-                 torch_momentum: float, backend: str, dtype: torch.dtype) -> tuple[torch.nn.Module, tuple[str, ...]]:
-    """A bnlab module holding the given numbers (array-likes of shape (C,)), and notes on what it changed."""
+                 torch_momentum: float, backend: str, dtype: torch.dtype,
+                 convention: str = "torch") -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """A bnlab module holding the given numbers (array-likes of shape (C,)), and notes on what it changed.
+
+    ``convention``: the rules the module follows (docs/compat.md), e.g. "keras" for a layer ported from Keras.
+    """
     channels = int(np.asarray(mean).shape[0]) if np.asarray(mean).ndim == 1 else -1
     if channels < 1:
         raise ValueError(f"the moving mean must be a non-empty vector, got shape {np.asarray(mean).shape}")
     affine = gamma is not None or beta is not None
     module = MODULE_FOR_RANK[rank](channels, eps=eps, momentum=torch_momentum, affine=affine,
-                                   bias=beta is not None or not affine, backend=backend, dtype=dtype)
+                                   bias=beta is not None or not affine, backend=backend, dtype=dtype,
+                                   convention=convention)
     notes: list[str] = []
     module.running_mean = _tensor(mean, dtype, "the moving mean", channels)  # replaces the buffer
     module.running_var = _tensor(var, dtype, "the moving variance", channels)
@@ -109,13 +121,22 @@ class ModuleNumbers(NamedTuple):
 
 
 def read_module(module: torch.nn.Module, input_rank: int | None, target: str) -> ModuleNumbers:
-    """The numbers of a torch or bnlab BatchNorm1d/2d/3d, checked for export to ``target`` ("Keras", "Flax")."""
+    """The numbers of a torch or bnlab BatchNorm1d/2d/3d, checked for export to ``target`` ("Keras", "Flax").
+
+    A module with convention "torch", "keras" or "flax" is accepted (their inference is the same; in training a
+    torch-convention module's running variance averages the unbiased variance where Keras and Flax average the
+    biased one); "darknet" is refused.
+    """
     if not isinstance(module, _TORCH_CLASSES):
         raise TypeError(f"to {target}: expected a torch or bnlab BatchNorm1d/2d/3d, got {type(module).__name__} "
                         "(frozen layers: bnlab.convert(model, to='bnlab') first)")
     if module.running_mean is None or module.running_var is None:
         raise ValueError(f"to {target}: the module has no running statistics (track_running_stats=False), and "
                          f"{target} always keeps them; build it with track_running_stats=True")
+    if getattr(module, "convention", "torch") == "darknet":
+        raise ValueError(f"to {target}: the module follows convention='darknet' (ε outside the root, the unbiased "
+                         f"batch variance normalizes), which {target}'s batch norm cannot represent; "
+                         f"bnlab.compat.to_darknet gives darknet's layer")
     if module.momentum is None:
         raise ValueError(f"to {target}: momentum=None (torch's cumulative average) has no {target} equivalent; "
                          "set module.momentum to a number first")

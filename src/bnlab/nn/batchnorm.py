@@ -19,7 +19,7 @@ from bnlab.functional import normalize_with_running_then_update, run
 from bnlab.kernels import registry
 from bnlab.kernels.base import Backend
 from bnlab.nn.policy import FOLLOW_MODE, StatsPolicy, UpdateGuard, check_batch_policies, small_batch_error
-from bnlab.variants.convention import check_convention
+from bnlab.variants.convention import CONVENTIONS, TORCH_ONLY, check_convention
 
 __all__ = ["BackendMixin", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "assign_backend", "drop_bnlab_state",
            "module_forward"]
@@ -159,8 +159,12 @@ class BackendMixin:
     #: the running statistics (nn/policy.py: SMALL_BATCH, NON_FINITE); the defaults are torch's behaviour.
     small_batch: str = "error"
     non_finite: str = "propagate"
-    #: Whose batch-norm rules training follows (docs/compat.md): "torch", "keras" or "flax" (bnlab.variants.convention).
+    #: Whose batch-norm rules the layer follows (docs/compat.md): "torch", "keras", "flax" or "darknet"
+    #: (bnlab.variants.convention).
     convention: str = "torch"
+    #: The conventions this class takes, and why it refuses the others (the per-class matrix in docs/compat.md).
+    _bnlab_conventions: tuple[str, ...] = ("torch",)
+    _bnlab_convention_refusal: str = TORCH_ONLY
     #: The backend as a small integer tensor (bnlab.kernels.registry.name_id), on the CPU, outside the state_dict:
     #: what a compiled graph reads instead of the name.
     backend_id: Tensor
@@ -172,7 +176,8 @@ class BackendMixin:
                  convention: str = "torch") -> None:
         registry.check_backend_name(backend)
         check_batch_policies(small_batch, non_finite)
-        check_convention(convention)
+        check_convention(convention, momentum, type(self).__name__, self._bnlab_conventions,
+                         self._bnlab_convention_refusal)
         # Recent torch takes bias=False (γ without β); pass it only when asked, so older torch still works.
         extra = {} if bias else {"bias": False}
         super().__init__(num_features, eps, momentum, affine, track_running_stats,  # type: ignore[call-arg]
@@ -183,9 +188,6 @@ class BackendMixin:
         if non_finite != "propagate":
             self.non_finite = non_finite
         if convention != "torch":
-            if type(self) not in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
-                raise ValueError(f"convention={convention!r} applies to the plain layers (bnlab.BatchNorm1d/2d/3d), "
-                                 f"not to {type(self).__name__}")
             self.convention = convention
 
     @property
@@ -250,6 +252,7 @@ class BatchNorm1d(BackendMixin, torch.nn.BatchNorm1d):
     """
 
     _bnlab_ranks = INPUT_RANKS[1]
+    _bnlab_conventions = CONVENTIONS
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Batch norm of ``input``; with ``mask``, masked batch norm (padded sequences).
@@ -274,6 +277,7 @@ class BatchNorm2d(BackendMixin, torch.nn.BatchNorm2d):
     """
 
     _bnlab_ranks = INPUT_RANKS[2]
+    _bnlab_conventions = CONVENTIONS
 
 
 class BatchNorm3d(BackendMixin, torch.nn.BatchNorm3d):
@@ -283,3 +287,4 @@ class BatchNorm3d(BackendMixin, torch.nn.BatchNorm3d):
     """
 
     _bnlab_ranks = INPUT_RANKS[3]
+    _bnlab_conventions = CONVENTIONS

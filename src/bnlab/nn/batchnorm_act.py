@@ -16,6 +16,7 @@ from torch import Tensor
 
 from bnlab._checks import check_act_args
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, module_forward
+from bnlab.variants.convention import CONVENTIONS
 
 __all__ = ["ActMixin", "BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
 
@@ -41,7 +42,16 @@ class ActMixin:
         self.activation, self.negative_slope, self.save = activation, float(negative_slope), save
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
-        """act(BN(input) + residual); residual is None or a tensor of input's shape, dtype and device."""
+        """act(BN(input) + residual); residual is None or a tensor of input's shape, dtype and device.
+
+        Under a convention other than "torch" (docs/compat.md) the batch norm follows that framework's rules and
+        the residual and activation are applied after it, in torch ops, where they change what it computes
+        (training; and eval under "darknet"); ``save`` then has no effect.
+        """
+        if self.convention != "torch":  # type: ignore[attr-defined]
+            from bnlab.nn.variant import convention_forward  # (nn.variant imports nn.batchnorm)
+
+            return convention_forward(self, input, residual)
         return module_forward(self, input, residual)
 
     def extra_repr(self) -> str:
@@ -52,12 +62,18 @@ class ActMixin:
 class BatchNormAct1d(ActMixin, BatchNorm1d):
     """act(BatchNorm1d(x) + residual) over (N, C) or (N, C, L) input; arguments as BatchNorm1d plus
     ``activation`` ("relu", "leaky_relu", "silu", "elu", "identity"; default "relu"), ``negative_slope``
-    (0.01), ``save`` ("input" or "output") and ``backend``."""
+    (0.01), ``save`` ("input" or "output"), ``backend`` and ``convention``."""
+
+    _bnlab_conventions = CONVENTIONS
 
 
 class BatchNormAct2d(ActMixin, BatchNorm2d):
     """act(BatchNorm2d(x) + residual) over (N, C, H, W) input; arguments as :class:`BatchNormAct1d`."""
 
+    _bnlab_conventions = CONVENTIONS
+
 
 class BatchNormAct3d(ActMixin, BatchNorm3d):
     """act(BatchNorm3d(x) + residual) over (N, C, D, H, W) input; arguments as :class:`BatchNormAct1d`."""
+
+    _bnlab_conventions = CONVENTIONS

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.variant import variant_forward
+from bnlab.variants.convention import check_convention
 from bnlab.variants.ghost import GhostCall, check_virtual_batch_size
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d", "GhostMixin"]
@@ -18,6 +19,10 @@ class GhostMixin:
     """``virtual_batch_size`` on a bnlab batch-norm class, and a training forward over ghost batches."""
 
     virtual_batch_size: int
+    _bnlab_conventions: tuple[str, ...] = ("torch",)
+    _bnlab_convention_refusal = (
+        "ghost batch norm already follows tf.keras's virtual_batch_size rule for its running statistics "
+        "(docs/variants.md), and Keras 3, Flax and darknet have no ghost batch norm; use convention='torch'")
 
     def __init__(self, num_features: int, virtual_batch_size: int, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
@@ -32,6 +37,9 @@ class GhostMixin:
             raise TypeError(f"{type(self).__name__} takes no mask: masked statistics are bnlab.nn.BatchNorm1d's "
                             f"(layer(x, mask))")
         layer = type(self).__name__
+        if self.convention != "torch":  # type: ignore[attr-defined]  # (assigned after construction)
+            check_convention(self.convention, self.momentum, layer,  # type: ignore[attr-defined]
+                             self._bnlab_conventions, self._bnlab_convention_refusal)
         return variant_forward(self, input, lambda step: GhostCall(self.eps,  # type: ignore[attr-defined]
                                                                    self.virtual_batch_size, layer))
 

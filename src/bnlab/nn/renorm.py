@@ -13,6 +13,7 @@ from torch import Tensor
 
 from bnlab.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.nn.variant import variant_forward
+from bnlab.variants.convention import check_convention
 from bnlab.variants.renorm import Bound, RenormCall, RenormSchedule, check_bound, renorm_schedule
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "RenormMixin", "RenormSchedule", "renorm_schedule"]
@@ -23,6 +24,10 @@ class RenormMixin:
 
     r_max: Bound
     d_max: Bound
+    _bnlab_conventions: tuple[str, ...] = ("torch",)
+    _bnlab_convention_refusal = (
+        "batch renorm is Ioffe's rule over torch's batch norm; Keras's renorm=True keeps other statistics (its "
+        "moving stddev; bnlab.compat.from_keras refuses it) and Flax and darknet have none; use convention='torch'")
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.01, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
@@ -40,6 +45,10 @@ class RenormMixin:
         if mask is not None:
             raise TypeError(f"{type(self).__name__} takes no mask: masked statistics are bnlab.nn.BatchNorm1d's "
                             f"(layer(x, mask))")
+        if self.convention != "torch":  # type: ignore[attr-defined]  # (assigned after construction)
+            check_convention(self.convention, self.momentum, type(self).__name__,  # type: ignore[attr-defined]
+                             self._bnlab_conventions, self._bnlab_convention_refusal)
+
         def make_call(step: Tensor | None) -> RenormCall:
             assert step is not None  # track_running_stats=True: there is a counter
             return RenormCall(self.eps, self.running_mean, self.running_var,  # type: ignore[attr-defined]

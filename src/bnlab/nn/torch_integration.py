@@ -59,13 +59,16 @@ def not_plain_batch_norm(module: nn.Module, *, for_inference: bool) -> str | Non
     ``for_inference``: the tool keeps only the eval-mode map (fusion), so the freeze switches that leave that
     map as it is (normalize with the running statistics, update nothing) are fine.
     """
+    convention = getattr(module, "convention", "torch")
+    if convention == "darknet":  # its eval map too: (x − r_μ)/(√r_v + ε), which torch's fusers would fold as √(r_v + ε)
+        return (f"{type(module).__name__} follows convention='darknet', whose inference divides by √running_var + ε "
+                f"(ε outside the root)")
     if isinstance(module, ACT_CLASSES):
         return (f"{type(module).__name__} applies activation={getattr(module, 'activation', '?')!r} "
                 f"(and may add a residual) after batch norm")
     if not for_inference:  # in eval mode renorm and ghost batch norm are batch norm; in training they are not
         if isinstance(module, (RenormMixin, GhostMixin)):
             return f"{type(module).__name__} normalizes its training batches otherwise than batch norm"
-        convention = getattr(module, "convention", "torch")
         if convention != "torch":
             return f"{type(module).__name__} follows convention={convention!r} in training"
     normalize_with, update_stats = getattr(module, "normalize_with", None), getattr(module, "update_stats", None)

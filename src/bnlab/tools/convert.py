@@ -97,6 +97,7 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
                 f"cannot stand for (it would drop the activation); freeze it in place with bnlab.freeze(model) "
                 f"instead"
             )
+    _check_conventions(model, to)
     root = model if inplace else copy.deepcopy(model)
     if to == "sync":
         return _to_sync(root, backend, process_group)
@@ -123,6 +124,35 @@ def convert(model: torch.nn.Module, to: str = "bnlab", *, backend: str | None = 
             # Every bnlab layer has a backend, the fused BatchNormAct layers included.
             setattr(module, "backend", backend or "auto")  # noqa: B010 (mypy types Module attributes as tensors)
     return root
+
+
+#: Why a layer following another framework's convention (docs/compat.md) cannot become the target's class.
+_CONVENTION_REFUSALS = {
+    "torch": "torch's BatchNorm follows torch's rules only",
+    "sync": "bnlab.SyncBatchNorm follows torch's rules only",
+    "renorm": "batch renorm takes convention='torch' only",
+    "ghost": "ghost batch norm takes convention='torch' only",
+}
+
+
+def _check_conventions(model: torch.nn.Module, to: str) -> None:
+    """Refuse, before anything changes, a layer whose convention the target class would silently drop.
+
+    ``to="frozen"`` refuses darknet's layers in :func:`~bnlab.tools.freeze.to_frozen` (Keras's and Flax's eval is
+    torch's, so they freeze exactly); ``to="bnlab"`` keeps the convention.
+    """
+    why = _CONVENTION_REFUSALS.get(to)
+    if why is None:
+        return
+    for name, module in model.named_modules():
+        convention = getattr(module, "convention", "torch")
+        if convention == "torch":
+            continue
+        converted = _sync_class(module) is not None if to == "sync" else type(module) in BNLAB_TO_TORCH
+        if converted:
+            raise ValueError(
+                f"layer {name or '(the model)'!r} follows convention={convention!r} (docs/compat.md), which to={to!r} "
+                f"would silently drop: {why}; set the layer's convention = 'torch' first if that is meant")
 
 
 def _replace_frozen(root: torch.nn.Module, to: str, backend: str | None) -> torch.nn.Module:

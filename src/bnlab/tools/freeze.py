@@ -102,6 +102,11 @@ def to_frozen(module: nn.Module) -> FrozenBatchNormBase:
             f"(track_running_stats=False) and always normalizes with batch statistics, so it cannot be frozen; "
             f"recalibrate a copy built with track_running_stats=True first"
         )
+    if getattr(module, "convention", "torch") == "darknet":
+        raise ValueError(
+            f"{type(module).__name__} follows convention='darknet', whose inference divides by √running_var + ε; a "
+            f"FrozenBatchNorm divides by √(running_var + ε) and would change the outputs. Keep the layer and freeze "
+            f"it in place with bnlab.freeze(model), or fold it with bnlab.fold(model)")
     weight, bias = module.weight, module.bias
     frozen = target(module.num_features, module.eps, affine=weight is not None, bias=bias is not None,
                     momentum=module.momentum, device=mean.device, dtype=mean.dtype)

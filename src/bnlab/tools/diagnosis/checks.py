@@ -297,7 +297,7 @@ def foreign_convention(name: str, module: NormLayer) -> list[Finding]:
     if math.isclose(module.eps, KERAS_EPS) and getattr(module, "convention", "torch") == "torch":
         signs.append("eps=1e-3, Keras's default (PyTorch's is 1e-5)")
         evidence["eps"] = float(module.eps)
-    if has_running_stats(module):
+    if has_running_stats(module) and getattr(module, "convention", "torch") != "darknet":  # darknet's own start
         mean, var = running_stats(module)
         if bool((var == 0).all()) and bool((mean == 0).all()):
             signs.append("a running variance of 0 in every channel, darknet's start (PyTorch starts at 1): in eval "
@@ -308,6 +308,18 @@ def foreign_convention(name: str, module: NormLayer) -> list[Finding]:
     evidence["signs"] = len(signs)
     return [_finding("foreign_convention", "warning", name,
                      f"settings of another framework's batch norm: {'; '.join(signs)}", evidence, "; ".join(signs))]
+
+
+def convention_set(name: str, module: NormLayer) -> list[Finding]:
+    """A bnlab layer with ``convention`` other than "torch": it trains (and, under darknet, infers) by another
+    framework's rules, which the tools that rebuild layers must keep or refuse."""
+    convention = getattr(module, "convention", "torch")
+    if convention == "torch":
+        return []
+    changes = ("ε outside the root in training and eval, the unbiased batch variance" if convention == "darknet"
+               else "a running variance that averages the biased σ²_B")
+    return [_finding("convention_set", "info", name, f"the layer follows convention={convention!r}: {changes}",
+                     {"convention": convention}, f"convention={convention!r}")]
 
 
 def after_dropout(obs: LayerObservation, variance_ratio: float | None) -> list[Finding]:

@@ -75,6 +75,7 @@ def _examine(model: nn.Module, held: list[Any], per_batch: list[Tensor] | None, 
             findings += checks.few_values(obs)
             findings += checks.keras_momentum(name, module)
             findings += checks.foreign_convention(name, module)
+            findings += checks.convention_set(name, module)
             findings += checks.reused(obs)
         findings += checks.after_dropout(obs, dropout_ratios.get(name))
         findings += checks.bias_before(obs)

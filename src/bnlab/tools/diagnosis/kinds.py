@@ -67,6 +67,12 @@ KINDS: dict[str, Kind] = {
         "warning", "another framework's batch-norm convention left on the layer", "signs", "signs",
         "translate the setting to PyTorch's convention (bnlab.compat converts Keras and Flax layers; "
         "docs/compat.md has the table), or train with convention='keras' / 'flax' on bnlab layers"),
+    "convention_set": Kind(
+        "info", "the layer follows another framework's batch-norm rules (convention=)", "convention",
+        "convention",
+        "intended for a model ported from Keras, Flax or darknet (docs/compat.md); set convention='torch' to train "
+        "by PyTorch's rules. bnlab.fold and bnlab.freeze handle it; bnlab.convert(to='torch'/'sync') refuses it, "
+        "and torch's fusers and to='frozen' refuse a darknet layer (its ε sits outside the root)"),
     "keras_momentum": Kind(
         "warning", "momentum in the Keras convention", "momentum", "momentum",
         "use momentum = 1 − (the Keras value), e.g. 0.01 for Keras' 0.99, and recalibrate the statistics of the "

@@ -1,7 +1,9 @@
 """The weight algebra of folding: a conv or linear layer that also applies a neighbouring batch norm.
 
 At inference batch norm is the per-channel map y = s·x + t of Algorithm 2, line 11, with s = γ/√(Var[x] + ε)
-and t = β − γE[x]/√(Var[x] + ε). Everything is computed in float64 and rounded once, into the layer's dtype.
+and t = β − γE[x]/√(Var[x] + ε); a layer with ``convention="darknet"`` has s = γ/(√Var[x] + ε) instead
+(:func:`bnlab.variants.convention.convention_inference_affine`). Everything is computed in float64 and rounded
+once, into the layer's dtype.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import copy
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from bnlab.reference.algorithm2 import inference_affine
 from bnlab.tools._layers import NormLayer, running_stats
+from bnlab.variants.convention import convention_inference_affine
 
 __all__ = ["CONV", "CONV_T", "WEIGHT_LAYERS", "WeightLayer", "fold_after", "fold_before"]
 
@@ -24,10 +26,10 @@ WEIGHT_LAYERS = (*CONV, *CONV_T, nn.Linear)
 
 
 def _affine64(bn: NormLayer) -> tuple[Tensor, Tensor]:
-    """s and t of Algorithm 2, line 11, in float64 so the folded weights are rounded once, at the end."""
+    """s and t of the layer's eval map (its convention's), in float64 so the folded weights are rounded once."""
     mean, var = (t.detach().double() for t in running_stats(bn))
     gamma, beta = (None if t is None else t.detach().double() for t in (bn.weight, bn.bias))
-    return inference_affine(mean, var, gamma, beta, float(bn.eps))
+    return convention_inference_affine(mean, var, gamma, beta, float(bn.eps), getattr(bn, "convention", "torch"))
 
 
 def _with_weights(layer: WeightLayer, weight: Tensor, bias: Tensor) -> WeightLayer:
