@@ -67,6 +67,11 @@ def run_call(module: Any, input: Tensor, call: VariantCall, update: bool, residu
     ``normalize_with_running``: the call normalizes with the running statistics (checked as an eval call's are).
     """
     running_mean, running_var, weight, bias = module.running_mean, module.running_var, module.weight, module.bias
+    if update and _stats.is_recomputation():
+        # A forward recomputed by activation checkpointing normalizes again but must not count the batch twice
+        # (module_forward's rule). The variants' training output does not read the running statistics, except
+        # Batch Renorm's r and d (and its schedule's step), which then come from the already updated ones.
+        update = False
     single = input.numel() == input.shape[1]
     reads = update or normalize_with_running
     check_batch_norm_args(input, running_mean if reads else None, running_var if reads else None, weight, bias,
