@@ -54,6 +54,16 @@ def _seed() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _threads() -> Iterator[None]:
+    # A benchmark's main() sets torch's thread count for the process; the tests after it must not inherit it
+    # (ATen's channels_last statistics round differently on one thread, beyond the suite's torch tolerance).
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def nan_fill() -> Iterator[None]:
     """Make torch.empty fill new tensors with NaN, so an output element a kernel never writes fails the test."""
