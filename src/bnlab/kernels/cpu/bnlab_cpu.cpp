@@ -356,15 +356,16 @@ void rows_moments_cl(const T* x, int64_t C, int64_t r0, int64_t r1, double* coun
   const int64_t head = n < SHIFT_ROWS ? n : SHIFT_ROWS;
   for (int64_t r = r0; r < r0 + head; ++r)
     for (int64_t c = 0; c < C; ++c) shift[c] += load(x[r * C + c]);
+  for (int64_t c = 0; c < C; ++c) shift[c] /= A(head);
+  A* k = shift.data();
   for (int64_t c = 0; c < C; ++c) {
-    shift[c] /= A(head);
     if (!std::isfinite(shift[c])) {  // the float sum of values near float's largest overflowed: again in float64
       double first = 0;
       for (int64_t r = r0; r < r0 + head; ++r) first += double(load(x[r * C + c]));
       shift[c] = A(first / double(head));
     }
   }
-  A *k = shift.data(), *p1 = b1.data(), *p2 = b2.data();
+  A *p1 = b1.data(), *p2 = b2.data();
   for (int64_t q0 = r0; q0 < r1; q0 += BLOCK_ROWS) {
     const int64_t q1 = q0 + BLOCK_ROWS < r1 ? q0 + BLOCK_ROWS : r1;
     std::fill(b1.begin(), b1.end(), A(0));
@@ -519,18 +520,18 @@ void forward_train(const T* x, const T* res, T* y, const typename Acc<T>::type* 
     split(R, team, t, r0, r1);
     rows_moments_cl(x, C, r0, r1, &cnt[t], &mean[size_t(t) * C], &m2[size_t(t) * C]);
 #pragma omp barrier
-#pragma omp single
-    {
-      // Merge the threads' moments in thread order: the same rounding every run.
-      std::vector<Moments> mo(C);
-      for (int u = 0; u < team; ++u)
-        for (int64_t c = 0; c < C; ++c) mo[c].merge(cnt[u], mean[size_t(u) * C + c], m2[size_t(u) * C + c]);
-      for (int64_t c = 0; c < C; ++c) {
-        finish_stats<T, A>(mo[c], eps, mean_out, invstd_out, var_out, c);
-        scale[c] = param(w, c, A(1)) * invstd_out[c];
-        shift[c] = param(b, c, A(0)) - mean_out[c] * scale[c];
-      }
+    // Each thread finishes a share of the channels (a serial loop over C here cost as much as a small layer's
+    // whole pass), merging the threads' moments in thread order: the same rounding every run.
+    int64_t c0, c1;
+    split(C, team, t, c0, c1);
+    for (int64_t c = c0; c < c1; ++c) {
+      Moments mo;
+      for (int u = 0; u < team; ++u) mo.merge(cnt[u], mean[size_t(u) * C + c], m2[size_t(u) * C + c]);
+      finish_stats<T, A>(mo, eps, mean_out, invstd_out, var_out, c);
+      scale[c] = param(w, c, A(1)) * invstd_out[c];
+      shift[c] = param(b, c, A(0)) - mean_out[c] * scale[c];
     }
+#pragma omp barrier
     const double rows = affine_act_rows<T, ACT, RES, A>(x, res, y, C, r0, r1, scale.data(), shift.data(), slope);
 #pragma omp critical
     lo = rows < lo ? rows : lo;
@@ -837,10 +838,12 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
       }
     }
 #pragma omp barrier
-#pragma omp single
     {
-      // Thread partial sums merged in thread order: the same rounding every run.
-      for (int64_t c = 0; c < C; ++c) {
+      // Thread partial sums merged in thread order (the same rounding every run), each thread a share of the
+      // channels.
+      int64_t c0, c1;
+      split(C, team, t, c0, c1);
+      for (int64_t c = c0; c < c1; ++c) {
         double t1 = 0, t2 = 0;
         if (phases & REDUCE) {
           for (int u = 0; u < team; ++u) {
@@ -858,6 +861,7 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
         scale[c] = kg[c] * ki[c];
       }
     }
+#pragma omp barrier
     const A *pa1 = a1.data(), *pa2 = a2.data(), *psc = scale.data();
     for (int64_t r = r0; (phases & ELEMT) && r < r1; ++r) {
       const int64_t o = r * C;
