@@ -441,8 +441,24 @@ void finish_stats(const Moments& mo, double eps, A* mean_out, A* invstd_out, A* 
 // (save="output" must know whether an output came near ELU's saturation at −1), +inf for the other activations.
 template <class T, int ACT, bool RES, class A>
 inline A affine_act_run(const T* x, const T* r, T* y, int64_t len, A scale, A shift, A slope) {
+  using V = typename Vec<A>::V;
+  constexpr int W = Vec<A>::W;
   A lo = std::numeric_limits<A>::infinity();
-  for (int64_t i = 0; i < len; ++i) {
+  // The 16-bit types: whole vectors with the vector loads and stores, as the lane-by-lane loop below does not
+  // vectorize for them (a bfloat16 NCHW forward or inference ran at 0.6-0.8x the explicit loop's speed). float and
+  // double are left to the compiler, which vectorizes that loop with a masked tail (faster on short runs).
+  const V vscale = V{} + scale, vshift = V{} + shift;
+  int64_t i = 0;
+  for (; !std::is_same_v<T, A> && i + W <= len; i += W) {
+    V z = vload<T, A>(x + i) * vscale + vshift;
+    if (RES) z += vload<T, A>(r + i);
+    const V out = vactivate<ACT>(z, slope);
+    if constexpr (ACT == ELU) {
+      for (int l = 0; l < W; ++l) lo = out[l] < lo ? out[l] : lo;
+    }
+    vstore<T, A>(y + i, out);
+  }
+  for (; i < len; ++i) {
     A z = load(x[i]) * scale + shift;
     if (RES) z += load(r[i]);
     const A out = activate<ACT>(z, slope);
