@@ -1020,6 +1020,19 @@ extern "C" {
 
 int bnlab_abi_version() { return 1; }
 
+// The instruction-set paths compiled in: 1 AVX-512F (64-byte vectors in one register), 2 AVX-512 BF16
+// (VCVTNEPS2BF16 for the bfloat16 stores). 0 for the portable build ($BNLAB_CPU_ARCH=generic on x86-64).
+int bnlab_build_features() {
+  int bits = 0;
+#if defined(__AVX512F__)
+  bits |= 1;
+#endif
+#if defined(__AVX512BF16__)
+  bits |= 2;
+#endif
+  return bits;
+}
+
 int bnlab_forward_train(int dtype, const void* x, const void* res, void* y, const void* w, const void* b, int64_t N,
                         int64_t C, int64_t S, int layout, double eps, int act, double slope, void* mean,
                         void* invstd, void* var, int nt) {
