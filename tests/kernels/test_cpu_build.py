@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from bnlab.kernels.cpu import build
+from tolerances import assert_as_accurate_as_torch
 
 CHILD = """
 import shutil
@@ -108,3 +110,71 @@ def test_a_cached_library_is_verified_and_rebuilt_before_it_is_loaded(tmp_path: 
     assert cached.read_bytes() == built_library.read_bytes()
     if rebuilds:
         assert "rebuilding the cached CPU kernels" in result.stderr
+
+
+# The portable build ($BNLAB_CPU_ARCH=generic): what a CPU without AVX-512 runs. Forward and backward of both
+# layouts in float32 and bfloat16, with channel counts that leave a tail after the 16-lane vectors, against the
+# float64 reference, as accurate as torch at the same dtype.
+PORTABLE_CHILD = """
+import sys
+
+import torch
+
+from bnlab.kernels.cpu import build
+from bnlab.kernels.cpu.backend import CpuBackend
+
+lib = build.load()
+assert lib is not None, build.failure_reason()
+backend, results = CpuBackend(), {"features": sorted(build.build_features(lib))}
+for name, x, g, w, b in torch.load(sys.argv[1]):
+    out = backend.forward_train(x, w, b, 1e-5)
+    grads = backend.backward(g, x, out.mean, out.invstd, w, b)
+    results[name] = (out.y, grads.dx, grads.dweight, grads.dbias)
+torch.save(results, sys.argv[2])
+"""
+
+
+def _portable_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(15)
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape, fmt in (((4, 37, 5, 6), torch.contiguous_format), ((4, 37, 5, 6), torch.channels_last),
+                           ((64, 40), torch.contiguous_format)):
+            x, g = (torch.randn(shape, generator=gen).mul(3).add(1).to(dtype).contiguous(memory_format=fmt)
+                    for _ in range(2))
+            w, b = torch.rand(shape[1], generator=gen) + 0.5, torch.randn(shape[1], generator=gen)
+            cases.append((f"{dtype}-{'x'.join(map(str, shape))}-{fmt}", x, g, w, b))
+    return cases
+
+
+def test_the_portable_build_runs_without_avx512_and_is_as_accurate_as_torch(tmp_path: Path,
+                                                                              built_library: Path) -> None:
+    cases = _portable_cases()
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {**os.environ, "BNLAB_CACHE_DIR": str(tmp_path / "cache"), build.ARCH_ENV: "generic"}
+    result = subprocess.run([sys.executable, "-c", PORTABLE_CHILD, str(tmp_path / "cases.pt"),
+                             str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = torch.load(tmp_path / "out.pt")
+    assert out["features"] == [], "the generic build must not use the AVX-512 paths"
+    for name, x, g, w, b in cases:
+        y, dx, dw, db = out[name]
+        x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+        ref = torch.nn.functional.batch_norm(x64, None, None, w64, b64, training=True, eps=1e-5)
+        ref.backward(g.double())
+        xt, wt, bt = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        theirs = torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
+        theirs.backward(g)
+        assert_as_accurate_as_torch(y, theirs, ref, x.dtype, f"{name} y")
+        assert_as_accurate_as_torch(dx, xt.grad, x64.grad, x.dtype, f"{name} dx")
+        assert_as_accurate_as_torch(dw, wt.grad, w64.grad, torch.float32, f"{name} dgamma")
+        assert_as_accurate_as_torch(db, bt.grad, b64.grad, torch.float32, f"{name} dbeta")
+
+
+def test_an_unknown_arch_choice_turns_the_backend_off_with_the_reason(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("BNLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(build.ARCH_ENV, "pentium")
+    assert build.load() is None
+    assert "$BNLAB_CPU_ARCH must be one of native, generic, got 'pentium'" in str(build.failure_reason())

@@ -3,9 +3,10 @@
 The library needs only a C++17 compiler with OpenMP (g++ or clang++; ``$CXX`` picks one): no PyTorch headers,
 so a build takes seconds-to-a-minute instead of minutes, and a missing compiler is a clean fallback rather than
 an import error. The result is cached under ``$BNLAB_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bnlab`` or
-``~/.cache/bnlab``), keyed by a hash of the source, the compiler's version, the flags and this CPU's feature
-flags (the code is built with ``-march=native``), so a cached build is never run on a machine it was not made
-for. Concurrent first uses wait on a file lock instead of compiling twice.
+``~/.cache/bnlab``), keyed by a hash of the source, the compiler's version, the flags, this CPU's feature
+flags (the code is built with ``-march=native``) and ``$BNLAB_CPU_ARCH`` (``generic``: build without
+``-march=native``, the portable code), so a cached build is never run on a machine it was not made for.
+Concurrent first uses wait on a file lock instead of compiling twice.
 
 Each build writes a record beside the library (``bnlab_cpu-KEY.json``: its size and SHA-256), and the library is
 loaded only when it matches: a cached file cut short (a full disk, an interrupted copy) would kill the process
@@ -36,6 +37,10 @@ ABI_VERSION = 1
 BASE_FLAGS = ("-O3", "-std=gnu++17", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno")
 # -march=native first; a compiler or assembler that cannot target this CPU gets the generic x86-64/aarch64 build.
 ARCH_FLAGS = (("-march=native",), ())
+# $BNLAB_CPU_ARCH=generic builds only the generic one: the portable code a CPU without AVX-512 runs (the vector
+# extensions lowered to SSE2, the bfloat16 rounding without VCVTNEPS2BF16), which any machine can then test.
+ARCH_ENV = "BNLAB_CPU_ARCH"
+ARCH_CHOICES = {"native": ARCH_FLAGS, "generic": ((),)}
 COMPILE_TIMEOUT_S = 600
 
 _state: dict[str, object] = {}  # "lib": the loaded CDLL, or "reason": why there is none
@@ -58,6 +63,14 @@ def find_compiler() -> str | None:
     return None
 
 
+def arch_choice() -> str:
+    """$BNLAB_CPU_ARCH: "native" (the default: this CPU's instruction set) or "generic"; ValueError otherwise."""
+    choice = os.environ.get(ARCH_ENV, "") or "native"
+    if choice not in ARCH_CHOICES:
+        raise ValueError(f"${ARCH_ENV} must be one of {', '.join(ARCH_CHOICES)}, got {choice!r}")
+    return choice
+
+
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -72,7 +85,8 @@ def _cpu_flags() -> str:
 def _build_key(compiler: str) -> str:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), " ".join(BASE_FLAGS).encode(), _cpu_flags().encode()):
+    for part in (SOURCE.read_bytes(), version.encode(), " ".join(BASE_FLAGS).encode(), _cpu_flags().encode(),
+                 arch_choice().encode()):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -117,12 +131,13 @@ def mismatch(library: Path) -> str | None:
 
 
 def compile_library(compiler: str, output: Path) -> None:
-    """Compile the library into ``output``, -march=native first, else for the generic architecture.
+    """Compile the library into ``output``, -march=native first, else for the generic architecture (only the
+    generic one where $BNLAB_CPU_ARCH=generic).
 
-    Raises RuntimeError with the compilers' messages when neither build works.
+    Raises RuntimeError with the compilers' messages when no build works.
     """
     errors = []
-    for arch in ARCH_FLAGS:
+    for arch in ARCH_CHOICES[arch_choice()]:
         cmd = [compiler, *BASE_FLAGS, *arch, str(SOURCE), "-o", str(output)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if proc.returncode == 0:
@@ -180,6 +195,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.bnlab_backward.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i32, i32, f64, i32, p, p, p, p, i32]
     for fn in (lib.bnlab_forward_train, lib.bnlab_forward_eval, lib.bnlab_backward):
         fn.restype = i32
+    lib.bnlab_build_features.argtypes = []
+    lib.bnlab_build_features.restype = i32
+
+
+# Bits of bnlab_build_features(): the instruction sets the library was compiled to use.
+FEATURE_AVX512F, FEATURE_AVX512BF16 = 1, 2
+
+
+def build_features(lib: ctypes.CDLL) -> set[str]:
+    """The instruction-set paths compiled into ``lib``: a subset of {"avx512f", "avx512bf16"}."""
+    bits = lib.bnlab_build_features()
+    return {name for bit, name in ((FEATURE_AVX512F, "avx512f"), (FEATURE_AVX512BF16, "avx512bf16")) if bits & bit}
 
 
 def load() -> ctypes.CDLL | None:
