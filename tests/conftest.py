@@ -74,3 +74,34 @@ def nan_fill() -> Iterator[None]:
     yield
     torch.use_deterministic_algorithms(previous)
     torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
+
+
+#: A rules table of known content for ``backend="auto"``, so that tests of how auto uses its rules (and of what
+#: happens once it switches to the cpu backend) do not move with each benchmark run, which regenerates the
+#: committed rules (src/bnlab/kernels/cpu/auto_rules.py). From 2^18 elements auto trains NCHW float32 on cpu.
+KNOWN_AUTO_RULES = {
+    ("float32", "train", "nchw"): 1 << 18,
+    ("float32", "train", "nhwc"): None,
+    ("float32", "eval", "nchw"): None,
+    ("float32", "eval", "nhwc"): None,
+    ("float32", "fused_train", "nchw"): 1 << 18,
+    ("float32", "fused_train", "nhwc"): 1 << 18,
+    ("float32", "fused_eval", "nchw"): 1 << 18,
+    ("float32", "fused_eval", "nhwc"): 1 << 18,
+    ("bfloat16", "train", "nchw"): None,
+}
+
+
+@pytest.fixture
+def known_auto_rules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``backend="auto"`` decides with :data:`KNOWN_AUTO_RULES` (skips where the cpu backend cannot be built)."""
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from bnlab.kernels import clear_cache
+    from bnlab.kernels.cpu import auto_rules
+
+    monkeypatch.setattr(auto_rules, "MIN_NUMEL", KNOWN_AUTO_RULES)
+    clear_cache()  # the registry keeps its answers: ask again under these rules
+    yield
+    monkeypatch.undo()
+    clear_cache()

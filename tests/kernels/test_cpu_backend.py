@@ -43,34 +43,7 @@ def test_built_library_is_cached_by_content() -> None:
     assert built, "the library lives in the cache directory, keyed by a hash"
 
 
-# A rules table of known content, so the tests of how auto uses the rules do not move with each benchmark run.
-_RULES = {
-    ("float32", "train", "nchw"): 1 << 18,
-    ("float32", "train", "nhwc"): None,
-    ("float32", "eval", "nchw"): None,
-    ("float32", "eval", "nhwc"): None,
-    ("float32", "fused_train", "nchw"): 1 << 18,
-    ("float32", "fused_train", "nhwc"): 1 << 18,
-    ("float32", "fused_eval", "nchw"): 1 << 18,
-    ("float32", "fused_eval", "nhwc"): 1 << 18,
-    ("bfloat16", "train", "nchw"): None,
-}
-
-
-@pytest.fixture
-def known_rules(monkeypatch: pytest.MonkeyPatch):
-    if "cpu" not in available_backends("cpu"):
-        pytest.skip("the cpu backend is unavailable here")
-    from bnlab.kernels.cpu import auto_rules
-
-    monkeypatch.setattr(auto_rules, "MIN_NUMEL", _RULES)
-    clear_cache()  # the registry keeps its answers: ask again under these rules
-    yield
-    monkeypatch.undo()
-    clear_cache()
-
-
-@pytest.mark.usefixtures("known_rules")
+@pytest.mark.usefixtures("known_auto_rules")
 def test_auto_follows_the_measured_rules() -> None:
     cpu = torch.device("cpu")
     assert resolve("auto", cpu, torch.float32, 1 << 24, True).name == "cpu"
@@ -85,7 +58,7 @@ def test_auto_follows_the_measured_rules() -> None:
     assert resolve("auto", cpu, torch.float32, 1 << 24, True, fused=True, channels_last=True).name == "cpu"
 
 
-@pytest.mark.usefixtures("known_rules")
+@pytest.mark.usefixtures("known_auto_rules")
 def test_layers_pass_their_memory_format_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     # Under rules where NCHW training goes to cpu and channels_last training to native, a layer called with each.
     import bnlab
@@ -132,7 +105,7 @@ def test_committed_rules_are_those_of_the_committed_results() -> None:
     assert auto_rules.main(["--check"]) == 0, "run python -m benchmarks.auto_rules after refreshing the results"
 
 
-@pytest.mark.usefixtures("known_rules")
+@pytest.mark.usefixtures("known_auto_rules")
 def test_fused_eval_runs_the_cpu_kernel_with_or_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     if "cpu" not in available_backends("cpu"):
         pytest.skip("the cpu backend is unavailable here")
