@@ -148,7 +148,12 @@ def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, ru
     b = bias if bias is None or bias.dtype == acc else bias.to(acc)
     if training:
         y, mean, _, var = _autograd.train(chosen, input, residual, w, b, eps, activation, negative_slope, save)
-        _stats.update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), factor)
+        if running_mean is not None or running_var is not None:
+            # The backend's update (the same arithmetic, perhaps in one call of its own), except where the
+            # statistics are not plain tensors: a traced graph, or the composed ops of a transform.
+            eager = not isinstance(chosen, Tensor) and not _autograd.under_transform()
+            update = chosen.update_running_stats if eager else _stats.update_running_stats  # type: ignore[union-attr]
+            update(running_mean, running_var, mean, var, values_per_channel(input), factor)
         return y
     if running_mean is None or running_var is None:  # only an empty batch gets here without them (as in torch)
         running_mean, running_var = input.new_zeros(input.shape[1], dtype=acc), input.new_ones(input.shape[1],

@@ -243,3 +243,60 @@ def test_outputs_survive_values_near_float_max(channels_last: bool) -> None:
     y = get_backend("cpu").forward_train(x, None, None, 1e-5).y
     assert torch.isfinite(y).all()
     assert (y.double() - ref.y).abs().max().item() <= KERNEL_FLOOR[torch.float32] * ref.y.abs().max().item()
+
+
+UPDATE_CASES = [
+    pytest.param(torch.float32, torch.float32, 0.1, id="float32-buffers"),
+    pytest.param(torch.float64, torch.float64, 0.1, id="float64-buffers"),
+    pytest.param(torch.float64, torch.float32, 0.3, id="float64-buffers-float32-stats"),
+    pytest.param(torch.float32, torch.float32, 1.0, id="momentum-1-stores-the-batch"),
+    pytest.param(torch.float16, torch.float32, 0.1, id="half-buffers-fall-back"),
+]
+
+
+@pytest.mark.parametrize(("buffer_dtype", "stats_dtype", "momentum"), UPDATE_CASES)
+def test_the_running_update_in_one_call_is_the_formula(buffer_dtype: torch.dtype, stats_dtype: torch.dtype,
+                                                       momentum: float) -> None:
+    # The cpu backend folds a batch's statistics into the running buffers in one C call (bnlab_update_running);
+    # judged against the formula in float64, rounded once to the buffer's dtype, and against bnlab._stats.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from bnlab._stats import update_running_stats
+
+    count, channels = 7, 33
+    mean, var = torch.randn(channels, dtype=stats_dtype), torch.rand(channels, dtype=stats_dtype) + 0.1
+    running_mean = torch.randn(channels, dtype=buffer_dtype)
+    running_var = (torch.rand(channels) + 0.5).to(buffer_dtype)
+    expected_mean = ((1 - momentum) * running_mean.double() + momentum * mean.double()).to(buffer_dtype)
+    expected_var = ((1 - momentum) * running_var.double()
+                    + momentum * count / (count - 1) * var.double()).to(buffer_dtype)
+    by_stats = running_mean.clone(), running_var.clone()
+    update_running_stats(*by_stats, mean, var, count, momentum)
+    versions = running_mean._version, running_var._version
+
+    get_backend("cpu").update_running_stats(running_mean, running_var, mean, var, count, momentum)
+
+    ulp = torch.finfo(buffer_dtype).eps
+    assert torch.allclose(running_mean.double(), expected_mean.double(), rtol=ulp, atol=ulp)
+    assert torch.allclose(running_var.double(), expected_var.double(), rtol=ulp, atol=ulp)
+    assert torch.allclose(running_mean, by_stats[0], rtol=2 * ulp, atol=2 * ulp)
+    assert torch.allclose(running_var, by_stats[1], rtol=2 * ulp, atol=2 * ulp)
+    if momentum == 1.0:
+        assert torch.equal(running_mean, mean.to(buffer_dtype))
+    # Written through a pointer, the buffers still tell autograd they changed, as an in-place op does.
+    assert running_mean._version > versions[0] and running_var._version > versions[1]
+
+
+def test_the_running_update_takes_a_cumulative_factor_and_one_buffer() -> None:
+    # momentum=None passes 1/t as a tensor, and a caller may update one buffer only: both as bnlab._stats does.
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is unavailable here")
+    from bnlab._stats import update_running_stats
+
+    mean, var = torch.randn(5), torch.rand(5)
+    for factor in (torch.tensor(0.25, dtype=torch.float64), 0.25):
+        ours = torch.randn(5)
+        theirs = ours.clone()
+        get_backend("cpu").update_running_stats(ours, None, mean, var, 4, factor)
+        update_running_stats(theirs, None, mean, var, 4, factor)
+        assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-7)

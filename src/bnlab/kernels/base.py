@@ -16,8 +16,10 @@ the moments, masked batch norm passes a mask to ``stats``. :mod:`bnlab.functiona
 
 A backend may add one-pass fast paths, :meth:`Backend.forward_train`, :meth:`Backend.backward` and
 :meth:`Backend.forward_eval` (the ``cpu`` backend keeps a channel in cache between its phases); the defaults here
-compose the phases. Each backend says where it can run; it never touches running statistics, autograd or argument
-checks, which live above it (:mod:`bnlab.functional`, :mod:`bnlab._autograd`, :mod:`bnlab._stats`).
+compose the phases. Each backend says where it can run; it never touches autograd or argument checks, which live
+above it (:mod:`bnlab.functional`, :mod:`bnlab._autograd`), and changes running statistics only when asked to
+through :meth:`Backend.update_running_stats`, whose default is :func:`bnlab._stats.update_running_stats` (a backend
+may do the same arithmetic in one call of its own: the ``cpu`` backend's replaces four small torch ops).
 
 What the caller guarantees to every call:
 
@@ -46,7 +48,7 @@ import torch
 from torch import Tensor
 
 from bnlab._shapes import FLOAT_DTYPES, memory_format_of, values_per_channel
-from bnlab._stats import Moments, mean_var
+from bnlab._stats import Moments, mean_var, update_running_stats
 from bnlab.reference.fused import output_determines_input
 
 __all__ = ["FLOAT_DTYPES", "Backend", "GradSums", "Moments", "TrainBackward", "TrainForward", "memory_format_of"]
@@ -184,6 +186,12 @@ class Backend(ABC):
         """Inference with population statistics (Algorithm 2): elemt with E[x] and 1/√(Var[x] + ε)."""
         return self.elemt(x, running_mean, torch.rsqrt(running_var + eps), weight, bias, residual, activation,
                           negative_slope)
+
+    def update_running_stats(self, running_mean: Tensor | None, running_var: Tensor | None, batch_mean: Tensor,
+                             batch_var: Tensor, values_per_channel: int | Tensor, factor: float | Tensor) -> None:
+        """Fold one training call's μ_B and σ²_B into the running buffers, in place, as
+        :func:`bnlab._stats.update_running_stats` does (its arguments; that function is the default)."""
+        update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, factor)
 
     def complete_batch_norm(self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                             weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,

@@ -27,6 +27,9 @@ from bnlab.kernels.cpu import auto_rules, build
 from bnlab.reference.fused import ACTIVATION_CODES, ELU_MIN_SLOPE
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# The dtypes bnlab_update_running takes for the running buffers and the batch statistics.
+_RUNNING_CODES = {torch.float32: 0, torch.float64: 1}
+_increment_version = torch.autograd.graph.increment_version
 # Below this many elements a layer runs on one thread: waking the OpenMP team costs more than it saves.
 _PARALLEL_MIN_NUMEL = 1 << 15
 
@@ -79,8 +82,9 @@ def _declare_phases(lib: Any) -> None:
     lib.bnlab_backward_reduce.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i32, i32, f64, i32, p, p, i32]
     lib.bnlab_backward_elemt.argtypes = [i32, p, p, p, p, p, p, p, p, p, f64, i64, i64, i64, i32, i32, f64, i32, p, p,
                                          i32]
+    lib.bnlab_update_running.argtypes = [i32, p, p, i32, p, p, i64, f64, f64]
     for fn in (lib.bnlab_forward_train_checked, lib.bnlab_stats, lib.bnlab_elemt, lib.bnlab_backward_reduce,
-               lib.bnlab_backward_elemt):
+               lib.bnlab_backward_elemt, lib.bnlab_update_running):
         fn.restype = i32
 
 
@@ -235,6 +239,29 @@ class CpuBackend(Backend):
             _threads(view))
         _check(status, "backward")
         return TrainBackward(dx, dweight, dbias, dres)
+
+    def update_running_stats(self, running_mean: Tensor | None, running_var: Tensor | None, batch_mean: Tensor,
+                             batch_var: Tensor, values_per_channel: int | Tensor, factor: float | Tensor) -> None:
+        # One ctypes call instead of four torch ops (about 12 µs less per training call on a small layer). The
+        # common case only: a float momentum, an int count, contiguous float32/float64 buffers; else the default.
+        buffers = [t for t in (running_mean, running_var) if t is not None]
+        if (isinstance(factor, Tensor) or isinstance(values_per_channel, Tensor) or values_per_channel < 2
+                or not buffers or any(t.dtype not in _RUNNING_CODES or not t.is_contiguous() or t.requires_grad
+                                      for t in buffers)
+                or batch_mean.dtype not in _RUNNING_CODES or batch_var.dtype != batch_mean.dtype
+                or not batch_mean.is_contiguous() or not batch_var.is_contiguous()
+                or len({t.dtype for t in buffers}) != 1 or any(t.numel() != batch_mean.numel() for t in buffers)):
+            super().update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel,
+                                         factor)
+            return
+        bessel = values_per_channel / (values_per_channel - 1)
+        status = self._lib().bnlab_update_running(
+            _RUNNING_CODES[buffers[0].dtype], _ptr(running_mean), _ptr(running_var),
+            _RUNNING_CODES[batch_mean.dtype], batch_mean.data_ptr(), batch_var.data_ptr(), batch_mean.numel(),
+            float(factor), bessel)
+        _check(status, "update_running")
+        for t in buffers:  # written through a pointer: tell autograd, as an in-place torch op would
+            _increment_version(t)
 
     def forward_eval(self, x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None,
                      bias: Tensor | None, eps: float, residual: Tensor | None = None, activation: str = "identity",

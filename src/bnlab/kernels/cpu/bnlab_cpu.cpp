@@ -1016,6 +1016,20 @@ template <class T> int stats_call(const void* x, const void* mask, int64_t N, in
 // w and b may be null (γ = 1, β = 0); every other pointer is a (C,) vector in the accumulation type.
 // Each returns 0, or 1 for an unknown dtype, 2 for an unknown activation, 3 for from_output with a
 // non-invertible activation.
+// The running-statistics update of one training call, per channel c:
+//   running_mean[c] ← (1 − f)·running_mean[c] + f·mean[c],  running_var[c] ← (1 − f)·running_var[c] + f·scale·var[c]
+// computed in double and rounded once to the buffer's type, as ATen's CPU update does (momentum 1 stores the batch).
+// R: the buffers' type, S: the statistics' (float, or double for float64 input). One tiny loop: it replaces the
+// four small torch ops a Python update costs after every training forward.
+template <class R, class S>
+void update_running(R* rm, R* rv, const S* mean, const S* var, int64_t C, double f, double scale) {
+  const double keep = 1.0 - f, fv = f * scale;
+  for (int64_t c = 0; c < C; ++c) {
+    if (rm) rm[c] = static_cast<R>(keep * static_cast<double>(rm[c]) + f * static_cast<double>(mean[c]));
+    if (rv) rv[c] = static_cast<R>(keep * static_cast<double>(rv[c]) + fv * static_cast<double>(var[c]));
+  }
+}
+
 extern "C" {
 
 int bnlab_abi_version() { return 1; }
@@ -1048,6 +1062,25 @@ int bnlab_forward_train_checked(int dtype, const void* x, const void* res, void*
                                 void* mean, void* invstd, void* var, int nt, double* check) {
   return dispatch3<TrainCall>(dtype, act, res != nullptr, x, res, y, w, b, N, C, S, layout, eps, slope, mean,
                               invstd, var, nt, check);
+}
+
+// running_dtype, stats_dtype: 0 float32, 1 float64 (the caller passes only those); either buffer may be null.
+int bnlab_update_running(int running_dtype, void* running_mean, void* running_var, int stats_dtype,
+                         const void* mean, const void* var, int64_t C, double factor, double scale) {
+  if (running_dtype < 0 || running_dtype > 1 || stats_dtype < 0 || stats_dtype > 1) return 1;
+  if (running_dtype == 0 && stats_dtype == 0)
+    update_running(static_cast<float*>(running_mean), static_cast<float*>(running_var),
+                   static_cast<const float*>(mean), static_cast<const float*>(var), C, factor, scale);
+  else if (running_dtype == 0)
+    update_running(static_cast<float*>(running_mean), static_cast<float*>(running_var),
+                   static_cast<const double*>(mean), static_cast<const double*>(var), C, factor, scale);
+  else if (stats_dtype == 0)
+    update_running(static_cast<double*>(running_mean), static_cast<double*>(running_var),
+                   static_cast<const float*>(mean), static_cast<const float*>(var), C, factor, scale);
+  else
+    update_running(static_cast<double*>(running_mean), static_cast<double*>(running_var),
+                   static_cast<const double*>(mean), static_cast<const double*>(var), C, factor, scale);
+  return 0;
 }
 
 int bnlab_forward_eval(int dtype, const void* x, const void* res, void* y, const void* rm, const void* rv,
