@@ -320,6 +320,10 @@ def _batched(grad_y: Tensor) -> bool:
     return _functorch_active() or _legacy_batched(grad_y)
 
 
+def _any_requires_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
 def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight: Tensor | None,
           bias: Tensor | None, eps: float, activation: str, slope: float, save: str) -> TrainOutputs:
     """Training-mode act(BN(x) + r): (y, μ_B, invstd, σ²_B).
@@ -331,6 +335,10 @@ def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight:
         return y, mean, invstd, var
     if under_transform():
         return composed.train_for_transforms(x, residual, weight, bias, eps, activation, slope)
+    if not torch.is_grad_enabled() or not _any_requires_grad(x, residual, weight, bias):
+        # Nothing to differentiate (statistics recalibration under no_grad, frozen inputs): the kernel alone.
+        y, mean, invstd, var, _ = _forward(backend, x, residual, weight, bias, eps, activation, slope, "input")
+        return y, mean, invstd, var
     return _TrainFunction.apply(x, residual, weight, bias, eps, activation, slope, save, backend)
 
 
@@ -343,5 +351,9 @@ def evaluate(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, runn
     if under_transform():
         return composed.eval_for_transforms(x, residual, running_mean, running_var, weight, bias, eps, activation,
                                             slope)
+    if not torch.is_grad_enabled() or not _any_requires_grad(x, residual, running_mean, running_var, weight, bias):
+        # Nothing to differentiate (inference under no_grad or inference_mode, or frozen inputs): the kernel
+        # alone. The autograd Function would add about 10 µs per call and record nothing.
+        return _eval(backend, x, residual, running_mean, running_var, weight, bias, eps, activation, slope)
     return _EvalFunction.apply(x, residual, running_mean, running_var, weight, bias, eps, activation, slope,
                                backend)
