@@ -114,6 +114,15 @@ def complete_op_fast_path(module: Any, input: Tensor, running_mean: Tensor, runn
     if torch.compiler.is_compiling() or not input.numel():
         return None
     eps = module.eps
+    try:
+        # First, and inside the try: a backend without a complete op (cpu, triton) leaves at once for the full
+        # path, and one that cannot take this input must not hide a mistake the checks would name first.
+        chosen = registry.resolve_for(module._bnlab_backend, input, training, False)
+    except Exception:
+        check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+        raise
+    if not chosen.provides_complete_op:
+        return None
     if eps < 0.0 or (torch.is_grad_enabled() and (running_mean.requires_grad or running_var.requires_grad)):
         return None
     momentum = 0.0
@@ -123,10 +132,6 @@ def complete_op_fast_path(module: Any, input: Tensor, running_mean: Tensor, runn
                 or input.numel() == input.shape[1] or _stats.is_recomputation()):
             return None
     try:
-        # (Inside: a backend that cannot take this input must not hide a mistake the checks would name first.)
-        chosen = registry.resolve_for(module._bnlab_backend, input, training, False)
-        if not chosen.provides_complete_op:
-            return None
         y = chosen.complete_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     except Exception:
         check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
