@@ -203,3 +203,22 @@ def test_a_call_with_nothing_to_differentiate_skips_the_autograd_function(backen
     assert torch.equal(y, expected.detach())
     assert torch.equal(layer.running_mean, with_autograd.running_mean)
     assert torch.equal(layer.running_var, with_autograd.running_var)
+
+
+def test_the_statistics_get_no_zero_gradients_allocated_in_backward(backend: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # μ_B, invstd and σ²_B are outputs of the eager Function that never receive a gradient; autograd would
+    # materialize a zero tensor for each before every backward call (a cost small layers notice) unless told not to.
+    received: list[object] = []
+    backward = _autograd._TrainFunction.backward
+
+    def spy(ctx: object, grad_y: torch.Tensor, *statistics: object) -> tuple[object, ...]:
+        received.extend(statistics)
+        return backward(ctx, grad_y, *statistics)
+
+    monkeypatch.setattr(_autograd._TrainFunction, "backward", staticmethod(spy))
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    y, *_ = _autograd._TrainFunction.apply(x, None, None, None, 1e-5, "identity", 0.01, "input", get_backend(backend))
+    y.backward(torch.randn_like(y))
+    assert received == [None, None, None]
+    assert x.grad is not None and torch.isfinite(x.grad).all()

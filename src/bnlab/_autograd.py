@@ -170,7 +170,9 @@ def _setup_train(ctx: Any, x: Tensor, residual: Tensor | None, weight: Tensor | 
     ctx.config = (eps, activation, slope, save, from_output, backend, residual is not None)
 
 
-def _backward_train(ctx: Any, grad_y: Tensor, *unused: Any) -> tuple[Any, ...]:
+def _backward_train(ctx: Any, grad_y: Tensor | None, *unused: Any) -> tuple[Any, ...]:
+    if grad_y is None:  # (the eager Function does not materialize zero gradients): no gradient in, none out
+        return None, None, None, None
     saved, kept, residual, weight, bias, mean, invstd = ctx.saved_tensors
     eps, activation, slope, save, from_output, backend, has_residual = ctx.config
     need = ctx.needs_input_grad
@@ -237,6 +239,9 @@ class _TrainFunction(torch.autograd.Function):
                 backend: Backend) -> TrainOutputs:
         y, mean, invstd, var, from_output = _forward(backend, x, residual, weight, bias, eps, activation, slope, save)
         ctx.mark_non_differentiable(mean, invstd, var)
+        # The statistics never receive a gradient: without this autograd would allocate three zero tensors for
+        # them before every backward call.
+        ctx.set_materialize_grads(False)
         _setup_train(ctx, x, residual, weight, bias, eps, activation, slope, save, backend, y, mean, invstd,
                      from_output, None)
         return y, mean, invstd, var
