@@ -325,8 +325,16 @@ def _batched(grad_y: Tensor) -> bool:
     return _functorch_active() or _legacy_batched(grad_y)
 
 
-def _any_requires_grad(*tensors: Tensor | None) -> bool:
-    return any(t is not None and t.requires_grad for t in tensors)
+def _nothing_to_record(*tensors: Tensor | None) -> bool:
+    """True when neither autograd nor torch.jit.trace needs the Function: grad mode off or no input that requires
+    grad, and no trace being recorded (a trace sees the kernel only as the Function's node; called bare, the
+    kernel's output would be traced as a constant)."""
+    if _tracing_state() is not None:
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+_tracing_state = torch._C._get_tracing_state
 
 
 def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight: Tensor | None,
@@ -340,7 +348,7 @@ def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight:
         return y, mean, invstd, var
     if under_transform():
         return composed.train_for_transforms(x, residual, weight, bias, eps, activation, slope)
-    if not torch.is_grad_enabled() or not _any_requires_grad(x, residual, weight, bias):
+    if _nothing_to_record(x, residual, weight, bias):
         # Nothing to differentiate (statistics recalibration under no_grad, frozen inputs): the kernel alone.
         y, mean, invstd, var, _ = _forward(backend, x, residual, weight, bias, eps, activation, slope, "input")
         return y, mean, invstd, var
@@ -356,7 +364,7 @@ def evaluate(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, runn
     if under_transform():
         return composed.eval_for_transforms(x, residual, running_mean, running_var, weight, bias, eps, activation,
                                             slope)
-    if not torch.is_grad_enabled() or not _any_requires_grad(x, residual, running_mean, running_var, weight, bias):
+    if _nothing_to_record(x, residual, running_mean, running_var, weight, bias):
         # Nothing to differentiate (inference under no_grad or inference_mode, or frozen inputs): the kernel
         # alone. The autograd Function would add about 10 µs per call and record nothing.
         return _eval(backend, x, residual, running_mean, running_var, weight, bias, eps, activation, slope)

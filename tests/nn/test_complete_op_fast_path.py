@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bnlab
+from bnlab.kernels import BackendUnavailableError
 from bnlab.nn import batchnorm as bn_module
 
 MODES = [pytest.param(False, id="eval"), pytest.param(True, id="train")]
@@ -104,3 +105,16 @@ def test_the_batch_is_counted_once_per_training_call(momentum: float | None) -> 
         theirs(x), ours(x)
     assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
     torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=0, atol=0)
+
+
+def test_a_backend_that_cannot_run_leaves_the_layers_checks_their_order() -> None:
+    # Triton takes no float64: the shortcut must not answer first with the generic argument check. The layer's own
+    # small-batch message (naming it and the remedies) comes first, as on the full path; with small_batch='running'
+    # the batch is legal and the backend's refusal is the error.
+    layer = bnlab.BatchNorm1d(3, backend="triton").double()
+    with pytest.raises(ValueError, match=r"^BatchNorm1d: .*Remedies"):
+        layer(torch.randn(1, 3, dtype=torch.float64))
+    layer = bnlab.BatchNorm1d(3, backend="triton", small_batch="running").double()
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        layer(torch.randn(1, 3, dtype=torch.float64))
+    assert int(layer.num_batches_tracked) == 0

@@ -115,12 +115,12 @@ def complete_op_fast_path(module: Any, input: Tensor, running_mean: Tensor, runn
         return None
     eps = module.eps
     try:
-        # First, and inside the try: a backend without a complete op (cpu, triton) leaves at once for the full
-        # path, and one that cannot take this input must not hide a mistake the checks would name first.
+        # First: a backend without a complete op (cpu, triton) leaves at once for the full path. One that cannot
+        # take this input leaves too: the full path raises, after the checks it makes first (the layer's policies
+        # included), as it would without this shortcut.
         chosen = registry.resolve_for(module._bnlab_backend, input, training, False)
     except Exception:
-        check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-        raise
+        return None
     if not chosen.provides_complete_op:
         return None
     if eps < 0.0 or (torch.is_grad_enabled() and (running_mean.requires_grad or running_var.requires_grad)):

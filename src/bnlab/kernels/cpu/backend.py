@@ -242,8 +242,9 @@ class CpuBackend(Backend):
 
     def update_running_stats(self, running_mean: Tensor | None, running_var: Tensor | None, batch_mean: Tensor,
                              batch_var: Tensor, values_per_channel: int | Tensor, factor: float | Tensor) -> None:
-        # One ctypes call instead of four torch ops (about 12 µs less per training call on a small layer). The
-        # common case only: a float momentum, an int count, contiguous float32/float64 buffers; else the default.
+        # One ctypes call instead of four torch ops (about 10 µs less per training call on a small layer), rounded
+        # as those ops round (bit-identical buffers). The common case only: a float momentum, an int count,
+        # contiguous float32/float64 buffers; else the default.
         buffers = [t for t in (running_mean, running_var) if t is not None]
         if (isinstance(factor, Tensor) or isinstance(values_per_channel, Tensor) or values_per_channel < 2
                 or not buffers or any(t.dtype not in _RUNNING_CODES or not t.is_contiguous() or t.requires_grad

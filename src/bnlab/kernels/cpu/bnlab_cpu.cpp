@@ -1034,15 +1034,17 @@ template <class T> int stats_call(const void* x, const void* mask, int64_t N, in
 // non-invertible activation.
 // The running-statistics update of one training call, per channel c:
 //   running_mean[c] ← (1 − f)·running_mean[c] + f·mean[c],  running_var[c] ← (1 − f)·running_var[c] + f·scale·var[c]
-// computed in double and rounded once to the buffer's type, as ATen's CPU update does (momentum 1 stores the batch).
-// R: the buffers' type, S: the statistics' (float, or double for float64 input). One tiny loop: it replaces the
-// four small torch ops a Python update costs after every training forward.
+// rounded as bnlab._stats does it with two torch ops on a buffer of type R (mul_ by (1 − f), then add_ with
+// alpha, which ATen computes as one fused multiply-add), so that this backend's buffers are bit for bit those
+// of every other backend that goes through bnlab._stats (and of the same model under torch.compile). R: the
+// buffers' type, S: the statistics' (converted to R first, as _stats does). One tiny loop instead of four small
+// torch ops after every training forward.
 template <class R, class S>
 void update_running(R* rm, R* rv, const S* mean, const S* var, int64_t C, double f, double scale) {
-  const double keep = 1.0 - f, fv = f * scale;
+  const R keep = R(1.0 - f), alpha_mean = R(f), alpha_var = R(f * scale);
   for (int64_t c = 0; c < C; ++c) {
-    if (rm) rm[c] = static_cast<R>(keep * static_cast<double>(rm[c]) + f * static_cast<double>(mean[c]));
-    if (rv) rv[c] = static_cast<R>(keep * static_cast<double>(rv[c]) + fv * static_cast<double>(var[c]));
+    if (rm) rm[c] = std::fma(R(mean[c]), alpha_mean, R(rm[c] * keep));
+    if (rv) rv[c] = std::fma(R(var[c]), alpha_var, R(rv[c] * keep));
   }
 }
 
