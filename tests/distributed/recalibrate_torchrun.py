@@ -5,6 +5,7 @@ tests/tools/distributed_worker.py's."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def main() -> None:
         recalibrate(m, w.share(dist.get_rank()), mode="pooled")
         torch.save(m.state_dict(), f"{sys.argv[1]}.rank{dist.get_rank()}")
     finally:
+        gc.collect()  # before gloo's threads go: see bnlab.lab.distributed.teardown
         dist.destroy_process_group()
 
 

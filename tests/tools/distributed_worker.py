@@ -9,6 +9,7 @@ processes' collectives are still in step afterwards.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -81,6 +82,7 @@ def main() -> None:
             results[mode] = {"state": m.state_dict(), "report": [report.layers, report.batches, report.samples]}
         torch.save(results, out)
     finally:
+        gc.collect()  # before gloo's threads go: see bnlab.lab.distributed.teardown
         dist.destroy_process_group()
 
 

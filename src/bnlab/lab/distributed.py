@@ -18,6 +18,7 @@ folder that is removed. A failure on any rank makes the launcher end every rank;
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -113,6 +114,12 @@ def setup(device: torch.device) -> Distributed | None:
 def teardown() -> None:
     global _current
     if dist.is_initialized():
+        # Free what the collectives still hold while gloo's threads are alive. A tensor released later by a gloo
+        # thread during interpreter shutdown makes that thread take the GIL after finalization began; CPython then
+        # ends it with pthread_exit, and the unwinding through gloo's noexcept run loop aborts the process
+        # ("terminate called without an active exception") after its work is done (seen in two-process runs
+        # with activation checkpointing: tests/distributed/worker.py).
+        gc.collect()
         dist.destroy_process_group()
     _current = None
 
