@@ -337,6 +337,13 @@ def _nothing_to_record(*tensors: Tensor | None) -> bool:
 _tracing_state = torch._C._get_tracing_state
 
 
+def plain_eager(backend: Backend | Tensor) -> bool:
+    """True when a call runs its backend's kernels on plain tensors: not a compiled graph (``backend`` is then an
+    id tensor), not a transform's composed ops, not a ``torch.jit.trace`` recording. Only then may a backend touch
+    the running statistics itself (:meth:`~bnlab.kernels.base.Backend.update_running_stats`)."""
+    return not isinstance(backend, Tensor) and not under_transform() and _tracing_state() is None
+
+
 def train(backend: Backend | Tensor, x: Tensor, residual: Tensor | None, weight: Tensor | None,
           bias: Tensor | None, eps: float, activation: str, slope: float, save: str) -> TrainOutputs:
     """Training-mode act(BN(x) + r): (y, μ_B, invstd, σ²_B).

@@ -149,11 +149,9 @@ def run(chosen: Backend | Tensor, input: Tensor, running_mean: Tensor | None, ru
     if training:
         y, mean, _, var = _autograd.train(chosen, input, residual, w, b, eps, activation, negative_slope, save)
         if running_mean is not None or running_var is not None:
-            # The backend's update (the same arithmetic, perhaps in one call of its own), except where the
-            # statistics are not plain tensors or the update must be seen: a compiled or jit-traced graph, or the
-            # composed ops of a transform.
-            eager = (not isinstance(chosen, Tensor) and not _autograd.under_transform()
-                     and not torch.jit.is_tracing())
+            # The backend's update (the same arithmetic, perhaps in one call of its own) where its kernels ran on
+            # plain tensors; else torch ops a compiled graph, a transform or a trace can see.
+            eager = _autograd.plain_eager(chosen)
             update = chosen.update_running_stats if eager else _stats.update_running_stats  # type: ignore[union-attr]
             update(running_mean, running_var, mean, var, values_per_channel(input), factor)
         return y
