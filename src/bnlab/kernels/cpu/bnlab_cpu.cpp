@@ -252,51 +252,35 @@ struct Moments {
   }
 };
 
-// Adds a run of values into the vector accumulators v0, v1 and a scalar for the tail. With DEVIATIONS it adds
-// d = x − m into (v0, t0) and d² into (v1, t1) instead. Inside, four independent vector sums (two pairs with
-// DEVIATIONS) hide the latency of the additions: bfloat16 8×256×56×56 NCHW training forward 1.09-1.11x, float32
-// and 8×64×112×112 unchanged (benchmarks.ab_kernels, one thread). The statistics pass is still compute-bound at
-// about 0.8 cycles per value (x.sum() reads the same bytes in a third to a half of the time): open.
-template <bool DEVIATIONS, class T, class A>
+// Adds a run of values into the accumulators: d = x − m into (v0, t0) and d² into (v1, t1), the tail in the
+// scalars. Inside, two independent pairs of vector sums hide the latency of the additions (four pairs, in arrays,
+// made the short runs of 8×2048×7×7 1.4-1.7x slower: benchmarks.ab_kernels, one thread).
+template <class T, class A>
 inline void run_sums(const T* p, int64_t len, A m, typename Vec<A>::V& v0, typename Vec<A>::V& v1, A& t0, A& t1) {
   using V = typename Vec<A>::V;
   constexpr int W = Vec<A>::W;
   int64_t i = 0;
-  if (DEVIATIONS) {
-    V a0 = {}, a1 = {}, q0 = {}, q1 = {};
-    for (; i + 2 * W <= len; i += 2 * W) {
-      const V d0 = vload<T, A>(p + i) - m, d1 = vload<T, A>(p + i + W) - m;
-      a0 += d0;
-      a1 += d1;
-      q0 += d0 * d0;
-      q1 += d1 * d1;
-    }
-    if (i + W <= len) {
-      const V d = vload<T, A>(p + i) - m;
-      a0 += d;
-      q0 += d * d;
-      i += W;
-    }
-    v0 += a0 + a1;
-    v1 += q0 + q1;
-    for (; i < len; ++i) {
-      A d = load(p[i]) - m;
-      t0 += d;
-      t1 += d * d;
-    }
-    return;
+  V a0 = {}, a1 = {}, q0 = {}, q1 = {};
+  for (; i + 2 * W <= len; i += 2 * W) {
+    const V d0 = vload<T, A>(p + i) - m, d1 = vload<T, A>(p + i + W) - m;
+    a0 += d0;
+    a1 += d1;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
   }
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  for (; i + 4 * W <= len; i += 4 * W) {
-    s0 += vload<T, A>(p + i);
-    s1 += vload<T, A>(p + i + W);
-    s2 += vload<T, A>(p + i + 2 * W);
-    s3 += vload<T, A>(p + i + 3 * W);
+  if (i + W <= len) {
+    const V d = vload<T, A>(p + i) - m;
+    a0 += d;
+    q0 += d * d;
+    i += W;
   }
-  for (; i + W <= len; i += W) s0 += vload<T, A>(p + i);
-  v0 += s0 + s2;
-  v1 += s1 + s3;
-  for (; i < len; ++i) t0 += load(p[i]);
+  v0 += a0 + a1;
+  v1 += q0 + q1;
+  for (; i < len; ++i) {
+    A d = load(p[i]) - m;
+    t0 += d;
+    t1 += d * d;
+  }
 }
 
 // Count, mean and M2 of the values x[(n*C + c)*S + s], n in [n0, n1), s in [s0, s0 + len), in float64: the
@@ -341,7 +325,7 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
       const double count = double(len * (n1 - n0));
       V v0 = {}, v1 = {};
       A t0 = 0, t1 = 0;
-      for (int64_t n = n0; n < n1; ++n) run_sums<true>(x + (n * C + c) * S + s0, len, shift, v0, v1, t0, t1);
+      for (int64_t n = n0; n < n1; ++n) run_sums(x + (n * C + c) * S + s0, len, shift, v0, v1, t0, t1);
       double dsum = double(vsum<A>(v0) + t0), dsq = double(vsum<A>(v1) + t1);
       A m = shift;
       if (std::isfinite(dsq) && std::isfinite(dsum) && 4 * dsum * dsum > count * dsq) {
@@ -351,7 +335,7 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
         m = A(double(shift) + dsum / count);
         v0 = v1 = V{};
         t0 = t1 = 0;
-        for (int64_t n = n0; n < n1; ++n) run_sums<true>(x + (n * C + c) * S + s0, len, m, v0, v1, t0, t1);
+        for (int64_t n = n0; n < n1; ++n) run_sums(x + (n * C + c) * S + s0, len, m, v0, v1, t0, t1);
         dsum = double(vsum<A>(v0) + t0);
         dsq = double(vsum<A>(v1) + t1);
       }
