@@ -302,6 +302,15 @@ Moments wide_moments(const T* x, int64_t n0, int64_t n1, int64_t C, int64_t S, i
   return mo;
 }
 
+// A channel's runs in NCS are S values long, C·S apart: a run of a few cache lines ends before the hardware
+// prefetcher has picked it up, so each line is a miss. The statistics pass asks for the next run's lines while
+// it sums this one.
+constexpr int64_t SHORT_RUN_BYTES = 2048;
+template <class T> inline void prefetch_run(const T* p, int64_t len) {
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < len * int64_t(sizeof(T)); off += 64) __builtin_prefetch(b + off);
+}
+
 // Moments of channel c of an NCS tensor. Its N runs of S values are taken in groups of about CHUNK values. Each
 // group is looked at once, summing d = x − K and d² with the shift K = the previous group's mean (0 for the
 // first): the group's mean is K + Σd/n and its M2 = Σd² − (Σd)²/n. That difference cancels as the shift moves
@@ -318,6 +327,7 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
   Moments mo;
   A shift = 0;
   const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
+  const bool short_runs = S * int64_t(sizeof(T)) <= SHORT_RUN_BYTES;
   for (int64_t n0 = 0; n0 < N; n0 += runs_per_group) {
     const int64_t n1 = n0 + runs_per_group < N ? n0 + runs_per_group : N;
     for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
@@ -325,7 +335,11 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
       const double count = double(len * (n1 - n0));
       V v0 = {}, v1 = {};
       A t0 = 0, t1 = 0;
-      for (int64_t n = n0; n < n1; ++n) run_sums(x + (n * C + c) * S + s0, len, shift, v0, v1, t0, t1);
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* run = x + (n * C + c) * S + s0;
+        if (short_runs && n + 1 < N) prefetch_run(run + C * S, len);
+        run_sums(run, len, shift, v0, v1, t0, t1);
+      }
       double dsum = double(vsum<A>(v0) + t0), dsq = double(vsum<A>(v1) + t1);
       A m = shift;
       if (std::isfinite(dsq) && std::isfinite(dsum) && 4 * dsum * dsum > count * dsq) {
@@ -790,6 +804,7 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
   const double m = count;
   if (layout == 0) {
     const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
+    const bool short_runs = S * int64_t(sizeof(T)) <= SHORT_RUN_BYTES;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t c = 0; c < C; ++c) {
       double sdz = 0, sdzx = 0;
@@ -805,6 +820,11 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
           A t1 = 0, t2 = 0;
           for (int64_t n = n0; n < n1; ++n) {
             const int64_t off = (n * C + c) * S + s0;
+            if (short_runs && n + 1 < N) {
+              prefetch_run(dy + off + C * S, len);
+              prefetch_run(src + off + C * S, len);
+              if (RES) prefetch_run(res + off + C * S, len);
+            }
             grad_run_sums<T, ACT, RES, FO>(dy + off, src + off, RES ? res + off : nullptr, len, km[c], ki[c], kg[c],
                                            kb[c], kig[c], slope, inv_slope, v1, v2, t1, t2);
           }
