@@ -180,5 +180,8 @@ def normalize_with_running_then_update(chosen: Backend | Tensor, input: Tensor, 
             x = input.detach()
             moments = _stats.batch_moments(x) if isinstance(chosen, Tensor) else chosen.stats(x)
             mean, var = _stats.mean_var(moments)
-        _stats.update_running_stats(running_mean, running_var, mean, var, values_per_channel(input), factor)
+        # As in run: the backend's own update (one C call on cpu) where its kernels ran on plain tensors.
+        eager = _autograd.plain_eager(chosen)
+        update = chosen.update_running_stats if eager else _stats.update_running_stats  # type: ignore[union-attr]
+        update(running_mean, running_var, mean, var, values_per_channel(input), factor)
     return y

@@ -169,3 +169,23 @@ def test_convert_to_frozen_refuses_layers_without_statistics() -> None:
         bnlab.convert(torch.nn.Sequential(torch.nn.BatchNorm1d(3, track_running_stats=False)), to="frozen")
     with pytest.raises(ValueError, match="backend applies to to='bnlab' or 'sync' only"):
         bnlab.convert(_model(), to="frozen", backend="native")
+
+
+def test_running_and_update_moves_the_buffers_as_torchs_training_step_on_every_backend(backend: str) -> None:
+    # The path that normalizes with the running statistics and then folds the batch's into them: each backend's
+    # statistics phase and its own running update (the cpu backend's C update included) must move the buffers
+    # exactly as torch's training step would, while the output comes from the statistics as they were.
+    bn = freeze(bnlab.BatchNorm2d(4), normalize_with="running", update_stats=True, train_affine=None).eval()
+    bn.backend = backend
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([1.5, 0.5, 4.0, 1.0]))
+    x = torch.randn(6, 4, 5, 5) * 3 + 1
+    expected_y = _reference(bn, x, batch_stats=False)
+    torch_mean, torch_var = bn.running_mean.clone(), bn.running_var.clone()
+    torch.nn.functional.batch_norm(x, torch_mean, torch_var, training=True, momentum=0.1)
+    y = bn(x)
+    torch.testing.assert_close(y, expected_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, torch_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, torch_var, rtol=1e-6, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 1
