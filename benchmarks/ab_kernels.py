@@ -56,13 +56,17 @@ def calls(dll: ctypes.CDLL, shape: tuple[int, ...], layout: int, code: int, dtyp
     mean, invstd, var, dw, db = (torch.empty(c) for _ in range(5))
     nt = torch.get_num_threads()
     act = 1 if fused else 0
-    res, dres = (r.data_ptr(), dr.data_ptr()) if fused else (None, None)
+    # The residual and its gradient are read through the closures (not only their addresses): a tensor nothing
+    # refers to is freed when this function returns, and the kernels would read unmapped memory.
+    kept = (r, dr) if fused else None
 
     def fwd() -> None:
+        res = None if kept is None else kept[0].data_ptr()
         dll.bnlab_forward_train(code, x.data_ptr(), res, y.data_ptr(), w.data_ptr(), b.data_ptr(), n, c, s, layout,
                                 1e-5, act, 0.01, mean.data_ptr(), invstd.data_ptr(), var.data_ptr(), nt)
 
     def bwd() -> None:
+        res, dres = (None, None) if kept is None else (kept[0].data_ptr(), kept[1].data_ptr())
         dll.bnlab_backward(code, g.data_ptr(), x.data_ptr(), res, w.data_ptr(), b.data_ptr(), mean.data_ptr(),
                            invstd.data_ptr(), n, c, s, layout, act, 0.01, 0, dx.data_ptr(), dres, dw.data_ptr(),
                            db.data_ptr(), nt)

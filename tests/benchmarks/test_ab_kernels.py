@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from benchmarks.ab_kernels import even_reps, paired_ratio
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("asked", "run"), [pytest.param(41, 42, id="odd-rounded-up"),
@@ -28,3 +34,23 @@ def test_identical_builds_compare_equal_when_the_second_call_of_a_pair_is_faster
     reps = even_reps(41)
     base, new = base[:reps] + [cold] * (reps - 41), new[:reps] + [warm] * (reps - 41)
     assert paired_ratio(base, new) == pytest.approx(1.0)
+
+
+def test_a_fused_call_still_has_its_residual_after_the_setup_returns() -> None:
+    # calls() once kept only the residual's address: the tensor was freed when it returned, its pages (8 MiB, from
+    # mmap) unmapped, and the fused backward crashed the process (SIGSEGV). Run in a child, so a crash is a failure
+    # and not the end of the test session.
+    script = (
+        "import gc, torch\n"
+        "from benchmarks.ab_kernels import calls\n"
+        "from bnlab.kernels.cpu import build\n"
+        "dll = build.load()\n"
+        "if dll is None: raise SystemExit(0)\n"
+        "fns = calls(dll, (8, 64, 64, 64), 0, 0, torch.float32, True)\n"
+        "gc.collect()\n"
+        "[torch.zeros(8 * 64 * 64 * 64) for _ in range(4)]\n"  # what may take the freed pages' place
+        "fns['fwd'](); fns['bwd']()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])})
+    assert done.returncode == 0, done.stderr[-2000:]
