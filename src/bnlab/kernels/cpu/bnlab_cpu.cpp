@@ -759,6 +759,24 @@ template <class A> struct BwdConstants {
   }
 };
 
+// dz and x̂ at row offset o, channels [c, c + W) (vec) or channel c (one), in the channels-last layout: what both
+// passes of the channels-last backward compute from dy, the saved tensor and the residual.
+template <class T, int ACT, bool RES, bool FO, class A> struct RowGrad {
+  using V = typename Vec<A>::V;
+  const T *dy, *src, *res;
+  const A *mean, *invstd, *gamma, *beta, *inv_gamma;
+  A slope, inv_slope;
+  inline void vec(int64_t o, int64_t c, V& dz, V& xh) const {
+    vdz_xhat<ACT, FO>(vload<T, A>(dy + o + c), vload<T, A>(src + o + c), RES ? vload<T, A>(res + o + c) : V{},
+                      vconst(mean + c), vconst(invstd + c), vconst(gamma + c), vconst(beta + c),
+                      vconst(inv_gamma + c), slope, inv_slope, dz, xh);
+  }
+  inline void one(int64_t o, int64_t c, A& dz, A& xh) const {
+    dz_xhat<ACT, FO>(load(dy[o + c]), load(src[o + c]), RES ? load(res[o + c]) : A(0), mean[c], invstd[c], gamma[c],
+                     beta[c], inv_gamma[c], slope, inv_slope, dz, xh);
+  }
+};
+
 // Σdz and Σdz·x̂ of a run of one channel: vector accumulators for the body, scalars for the tail.
 template <class T, int ACT, bool RES, bool FO, class A>
 inline void grad_run_sums(const T* g, const T* s, const T* r, int64_t len, A mean, A invstd, A gamma, A beta, A ig,
@@ -869,7 +887,7 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
   const int64_t R = N * S, Cv = C / W * W;
   std::vector<double> part1(size_t(nt) * C, 0.0), part2(size_t(nt) * C, 0.0);
   std::vector<A> a1(C), a2(C), scale(C);
-  const V zero = {};
+  const RowGrad<T, ACT, RES, FO, A> grad{dy, src, res, km, ki, kg, kb, kig, slope, inv_slope};
 #pragma omp parallel num_threads(nt)
   {
     int t = omp_get_thread_num(), team = omp_get_num_threads();
@@ -886,17 +904,14 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
         const int64_t o = r * C;
         for (int64_t c = 0; c < Cv; c += W) {
           V dz, xh;
-          vdz_xhat<ACT, FO>(vload<T, A>(dy + o + c), vload<T, A>(src + o + c), RES ? vload<T, A>(res + o + c) : zero,
-                            vconst(km + c), vconst(ki + c), vconst(kg + c), vconst(kb + c), vconst(kig + c), slope,
-                            inv_slope, dz, xh);
+          grad.vec(o, c, dz, xh);
           V a1 = vconst(s1 + c) + dz, a2 = vconst(s2 + c) + dz * xh;
           std::memcpy(s1 + c, &a1, sizeof a1);
           std::memcpy(s2 + c, &a2, sizeof a2);
         }
         for (int64_t c = Cv; c < C; ++c) {
           A dz, xh;
-          dz_xhat<ACT, FO>(load(dy[o + c]), load(src[o + c]), RES ? load(res[o + c]) : A(0), km[c], ki[c], kg[c],
-                           kb[c], kig[c], slope, inv_slope, dz, xh);
+          grad.one(o, c, dz, xh);
           s1[c] += dz;
           s2[c] += dz * xh;
         }
@@ -937,16 +952,13 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
         const int64_t o = r * C;
         for (int64_t c = 0; c < Cv; c += W) {
           V dz, xh;
-          vdz_xhat<ACT, FO>(vload<T, A>(dy + o + c), vload<T, A>(src + o + c), RES ? vload<T, A>(res + o + c) : zero,
-                            vconst(km + c), vconst(ki + c), vconst(kg + c), vconst(kb + c), vconst(kig + c), slope,
-                            inv_slope, dz, xh);
+          grad.vec(o, c, dz, xh);
           vstore<T, A>(dx + o + c, vconst(psc + c) * (dz - vconst(pa1 + c) - xh * vconst(pa2 + c)));
           if (dres) vstore<T, A>(dres + o + c, dz);
         }
         for (int64_t c = Cv; c < C; ++c) {
           A dz, xh;
-          dz_xhat<ACT, FO>(load(dy[o + c]), load(src[o + c]), RES ? load(res[o + c]) : A(0), km[c], ki[c], kg[c], kb[c],
-                           kig[c], slope, inv_slope, dz, xh);
+          grad.one(o, c, dz, xh);
           dx[o + c] = store<T>(psc[c] * (dz - pa1[c] - xh * pa2[c]));
           if (dres) dres[o + c] = store<T>(dz);
         }
