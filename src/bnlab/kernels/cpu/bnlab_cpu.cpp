@@ -306,6 +306,7 @@ Moments wide_moments(const T* x, int64_t n0, int64_t n1, int64_t C, int64_t S, i
 // prefetcher has picked it up, so each line is a miss. The statistics pass asks for the next run's lines while
 // it sums this one.
 constexpr int64_t SHORT_RUN_BYTES = 2048;
+template <class T> inline bool runs_are_short(int64_t S) { return S * int64_t(sizeof(T)) <= SHORT_RUN_BYTES; }
 template <class T> inline void prefetch_run(const T* p, int64_t len) {
   const char* b = reinterpret_cast<const char*>(p);
   for (int64_t off = 0; off < len * int64_t(sizeof(T)); off += 64) __builtin_prefetch(b + off);
@@ -327,7 +328,7 @@ template <class T> Moments channel_moments_ncs(const T* x, int64_t N, int64_t C,
   Moments mo;
   A shift = 0;
   const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
-  const bool short_runs = S * int64_t(sizeof(T)) <= SHORT_RUN_BYTES;
+  const bool short_runs = runs_are_short<T>(S);
   for (int64_t n0 = 0; n0 < N; n0 += runs_per_group) {
     const int64_t n1 = n0 + runs_per_group < N ? n0 + runs_per_group : N;
     for (int64_t s0 = 0; s0 < S; s0 += CHUNK) {
@@ -822,7 +823,7 @@ void backward(const T* dy, const T* src, const T* res, const typename Acc<T>::ty
   const double m = count;
   if (layout == 0) {
     const int64_t runs_per_group = S >= CHUNK ? 1 : CHUNK / S;
-    const bool short_runs = S * int64_t(sizeof(T)) <= SHORT_RUN_BYTES;
+    const bool short_runs = runs_are_short<T>(S);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t c = 0; c < C; ++c) {
       double sdz = 0, sdzx = 0;
